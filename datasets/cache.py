@@ -296,7 +296,7 @@ def _build_bundle(bundle: Path, param_dir: Path, files: list[tuple[str, str]], p
     for row, sha in enumerate(good):
         images[row] = results[sha][0]
         boxes[row] = results[sha][1]
-    hashes = perceptual_hash(images) if len(good) else np.zeros((0, 1), np.uint64)
+    hashes = perceptual_hash(images)
     meta = {
         "version": CACHE_VERSION,
         "params": dataclasses.asdict(params),

@@ -1,0 +1,150 @@
+"""The real CLI: usage errors, an end-to-end run, resume after a kill, requeue on SIGUSR1."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from train_distributed import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def site_flags(sites: dict[str, Path]) -> list[str]:
+    return ["--train-site", f"synth_a={sites['synth_a']}", "--val-site", f"synth_b={sites['synth_b']}",
+            "--test-site", f"synth_c={sites['synth_c']}"]
+
+
+FAST = ["--image-size", "32", "--batch-size", "16", "--weights", "none", "--set", "bootstrap_resamples=200",
+        "--set", "log_model=false", "--set", "gradcam_examples=1"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["train"], "training site and a validation site are required"),
+    (["train", "--train-site", "BR35H=x", "--val-site", "nav=y"], "lower-case"),
+    (["train", "--train-site", "br35h", "--val-site", "nav=y"], "NAME=PATH"),
+    (["train", "--train-site", "a=missing_folder_x", "--val-site", "b=missing_folder_y"], "does not exist"),
+    (["train", "--epochs", "0"], "0"),
+    (["train", "--leakage", "sometimes"], "sometimes"),
+    (["train", "--weights", "no_such_file.h5", "--demo"], "weights"),
+    (["train", "--demo", "--set", "no_such_key=1"], "unknown config keys"),
+    (["train", "--demo", "--set", "augment.zoom=-1"], "zoom"),
+    (["audit", "--site", "Bad Name=x"], "lower-case"),
+])
+def test_bad_configuration_is_a_usage_error(arguments, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_config_file_and_flags(tmp_path, monkeypatch, synthetic_sites):
+    from train_distributed import build_train_config
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(f"train_site: synth_a={synthetic_sites['synth_a']}\n"
+                           f"val_site: synth_b={synthetic_sites['synth_b']}\n"
+                           "epochs: 7\nbatch_size: 20\naugment:\n  zoom: 0.1\n")
+    captured = {}
+    monkeypatch.setattr("train_distributed.run_training", lambda config: captured.setdefault("c", config) and 0)
+    result = CliRunner().invoke(cli, ["train", "--config", str(config_file), "--epochs", "3",
+                                      "--set", "augment.rotation_degrees=5"])
+    assert result.exit_code == 0, result.output
+    config = captured["c"]
+    assert (config.epochs, config.batch_size) == (3, 20)
+    assert (config.augment.zoom, config.augment.rotation_degrees) == (0.1, 5)
+    assert config.flat_params()["augment.zoom"] == "0.1"
+    assert build_train_config  # the same function builds every config
+
+
+def run_cli(arguments: list[str], cwd: Path, env: dict | None = None, timeout: int = 600):
+    return subprocess.run([sys.executable, str(REPO / "train_distributed.py"), *arguments], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def mlflow_run(tracking_uri: str, run_id: str):
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri)
+    return client, client.get_run(run_id)
+
+
+@pytest.mark.slow
+def test_end_to_end_training_run(tmp_path, synthetic_sites):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    output = tmp_path / "run"
+    result = run_cli(["train", *site_flags(synthetic_sites), *FAST, "--epochs", "2", "--output", str(output),
+                      "--tracking-uri", uri, "--experiment", "e2e", "--set", "log_model=true"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("model.keras", "config.json", "summary.json", "audit.json", "audit_pairs.png",
+                 "report.html", "predictions.csv", "metrics.json", "augment_preview.png"):
+        assert (output / name).exists(), name
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["epochs_run"] == 2
+    assert set(summary["sites"]) == {"synth_a", "synth_b", "synth_c"}
+    assert summary["sites"]["synth_a"]["role"] == "train"
+    for name, role in (("synth_b", "val"), ("synth_c", "test")):
+        site = summary["sites"][name]
+        assert site["role"] == role and site["images"] == 48
+        assert 0.0 <= site["auc"] <= 1.0 and len(site["auc_ci"]) == 2
+        assert {"threshold", "sensitivity", "specificity", "ece", "unique"} <= set(site)
+    client, run = mlflow_run(uri, summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["image_size"] == "32" and run.data.params["leakage"] == "purge-train"
+    assert "augment.histogram_match_probability" in run.data.params
+    assert {"val_auc", "train_loss", "test_synth_c_auc", "test_synth_c_auc_ci_low", "val_synth_b_auc",
+            "test_synth_c_unique_auc"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"audit", "report", "summary.json", "config.json", "augment_preview.png", "model"} <= artifacts
+    assert run.data.tags["system.strategy"] == "default"
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"synth_a", "synth_b", "synth_c"}
+
+
+def wait_for(process: subprocess.Popen, log: Path, text: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if text in log.read_text():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"process ended early: {log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} not seen: {log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["kill", "sigusr1"])
+def test_resume_after_interruption_logs_every_epoch_once(tmp_path, synthetic_sites, how):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    output = tmp_path / "run"
+    arguments = [sys.executable, str(REPO / "train_distributed.py"), "train", *site_flags(synthetic_sites),
+                 *FAST, "--epochs", "3", "--output", str(output), "--tracking-uri", uri,
+                 "--set", "early_stopping_patience=10"]
+    log = tmp_path / "first.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(arguments, cwd=tmp_path, stderr=handle, stdout=handle)
+        wait_for(process, log, "epoch 1/3")
+        process.send_signal(signal.SIGKILL if how == "kill" else signal.SIGUSR1)
+        status = process.wait(timeout=120)
+    if how == "sigusr1":
+        assert status == 3, log.read_text()[-2000:]
+        assert "saved" in log.read_text()
+    second = subprocess.run(arguments, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming run" in second.stderr
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["epochs_run"] == 3
+    client, run = mlflow_run(uri, summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    for key in ("val_auc", "train_loss", "learning_rate"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3]
+    experiment = client.get_experiment_by_name("brainmri")
+    assert len(client.search_runs([experiment.experiment_id])) == 1
