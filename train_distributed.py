@@ -521,7 +521,7 @@ def make_step_functions(config: TrainConfig, cluster: Cluster, model, optimizer,
 
     @tf.function
     def agree(flag):
-        return strategy.reduce(tf.distribute.ReduceOp.MAX, strategy.run(lambda: tf.identity(flag)), axis=None)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(flag)), axis=None)
 
     return train_chunk, make_predict_step(cluster, model), agree
 
@@ -742,7 +742,7 @@ def _train(config: TrainConfig, cluster: Cluster, tracker: Tracker, state: dict,
             seen += chunk * config.batch_size
             requested = bool(stop.signal_name)
             if multi_worker:
-                requested = bool(agree(tf.constant(int(requested))).numpy())
+                requested = int(agree(tf.constant(int(requested))).numpy()) > 0
             if requested:
                 save_state(step, f"ckpt-e{epoch}-s{step}")
                 say(f"{stop.signal_name or 'stop'} received: state saved at epoch {epoch + 1}, step {step}; "
