@@ -626,6 +626,8 @@ def _train(config: TrainConfig, cluster: Cluster, tracker: Tracker, state: dict,
     eval_names = [name for name, role in roles.items() if role != "train"]
     kept, removed = apply_leakage_policy(audit_result, {n: s.samples for n, s in sites.items()},
                                          policy=config.leakage, train_site=train_name, eval_sites=eval_names)
+    if chief:
+        audit_paths = write_audit_outputs(audit_result, sites, output)
     for name, site in list(sites.items()):
         keep_keys = {sample.key for sample in kept[name]}
         sites[name] = site.subset([i for i, s in enumerate(site.samples) if s.key in keep_keys])
@@ -633,7 +635,6 @@ def _train(config: TrainConfig, cluster: Cluster, tracker: Tracker, state: dict,
         ", ".join(f"{name} {count}" for name, count in removed.items()), chief=chief)
     train_site = sites[train_name]
     if chief:
-        audit_paths = write_audit_outputs(audit_result, sites, output)
         np.savez(output / "train_hashes.npz", keys=np.array([s.key for s in train_site.samples]),
                  hashes=train_site.hashes, threshold_bits=threshold_bits)
         if not resumed:
@@ -1146,6 +1147,47 @@ def compare(experiment, tracking_uri, output) -> None:
     click.echo(format_markdown_table(rows))
     paths = write_comparison(rows, Path(output))
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; anything but loopback needs --allow-remote.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="TCP port (0: a free one).")
+@click.option("--backend-store-uri", default="sqlite:///mlflow.db", show_default=True,
+              help="Runs database: the store that training writes to by default in this folder.")
+@click.option("--artifacts-destination", default="./mlartifacts", show_default=True,
+              help="Folder (or URI) where the server keeps reports and models of runs logged through it.")
+@click.option("--allow-remote", is_flag=True,
+              help="Allow a non-loopback --host. MLflow has no authentication: anyone who can reach the port "
+                   "can read and delete every run.")
+def ui(host, port, backend_store_uri, artifacts_destination, allow_remote) -> None:
+    """Serve the MLflow UI and tracking API on this machine until Ctrl-C."""
+    import warnings
+
+    from eval.mlflow_server import check_host, log_tail, serve_until_stopped, start_server
+
+    try:
+        check_host(host, allow_remote)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(f"starting MLflow server on {backend_store_uri} (artifacts: {artifacts_destination}) ...", err=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            server = start_server(host, port, backend_store_uri, artifacts_destination, allow_remote)
+        except ValueError as error:
+            raise click.UsageError(str(error)) from None
+        except RuntimeError as error:
+            raise click.ClickException(str(error)) from None
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
+    click.echo(f"MLflow UI: {server.url}")
+    click.echo(f"log training to it with: --tracking-uri {server.url}")
+    click.echo(f"server log: {server.log_path}; Ctrl-C stops the server", err=True)
+    if not serve_until_stopped(server):
+        raise click.ClickException(f"the MLflow server exited by itself (code {server.returncode}); "
+                                   f"last lines of {server.log_path}:\n{log_tail(server.log_path)}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Modules:
     gradcam: Grad-CAM heat maps for a Keras binary classifier and their montage.
     report: per-site full and leak-free metrics, MLflow metric names, HTML/markdown report.
     compare: AUC with 95% CI across the runs of an MLflow experiment.
+    mlflow_server: start/stop a local MLflow tracking server (UI + REST API) on the project's store.
 
 This package knows nothing of training or of how images are loaded; it takes
 labels, scores and prediction rows.
