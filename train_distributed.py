@@ -188,11 +188,33 @@ class TrainConfig:
             bad = sorted(set(values["augment"]) - augment_fields)
             if bad:
                 raise ValueError(f"unknown augment keys {bad}; known keys: {sorted(augment_fields)}")
-            values["augment"] = AugmentConfig(**values["augment"])
+            defaults = AugmentConfig()
+            values["augment"] = AugmentConfig(**{key: coerce(f"augment.{key}", value, getattr(defaults, key))
+                                                 for key, value in values["augment"].items()})
         for key in ("test_sites", "reference_sites"):
             if key in values:
-                values[key] = tuple(values[key])
+                values[key] = tuple([values[key]] if isinstance(values[key], str) else values[key])
+        values = {key: coerce(key, value, getattr(cls, key)) for key, value in values.items()}
         return cls(**values)
+
+
+def coerce(key: str, value: Any, default: Any) -> Any:
+    """``value`` converted to the type of the setting's default; ValueError naming the key."""
+    if isinstance(default, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        if isinstance(value, (bool, int)) and not isinstance(value, float):
+            return bool(value)
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if isinstance(default, (int, float, str)) and not isinstance(value, (dict, list, tuple)):
+        try:
+            converted = type(default)(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a {type(default).__name__}, got {value!r}") from None
+        if isinstance(default, int) and isinstance(value, float) and converted != value:
+            raise ValueError(f"{key} must be a whole number, got {value!r}")
+        return converted
+    return value
 
 
 def read_config_file(path: str) -> dict[str, Any]:

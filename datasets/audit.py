@@ -87,14 +87,17 @@ class AuditResult:
     def to_json(self) -> dict:
         """A dict of plain ints, strings, lists and dicts (``json.dumps``-ready).
 
-        Keys: ``threshold_bits``, ``hash``, ``sites``, ``overlap``, ``pairs``,
-        ``label_disagreement_pairs`` and ``duplicate_groups_within``.
+        Keys: ``threshold_bits``, ``hash``, ``sites``, ``overlap`` (a list of
+        ``{"site": A, "other": B, "images": N, "label_disagreements": K}`` for
+        every ordered pair), ``pairs``, ``label_disagreement_pairs`` and
+        ``duplicate_groups_within``.
         """
         return {
             "threshold_bits": int(self.threshold_bits),
             "hash": self.hash_description,
             "sites": {name: dict(summary) for name, summary in self.sites.items()},
-            "overlap": {a: {b: dict(counts) for b, counts in row.items()} for a, row in self.overlap.items()},
+            "overlap": [{"site": a, "other": b, **{key: int(value) for key, value in counts.items()}}
+                        for a, row in self.overlap.items() for b, counts in row.items()],
             "pairs": [dict(pair) for pair in self.pairs],
             "label_disagreement_pairs": [dict(pair) for pair in self.label_disagreement_pairs],
             "duplicate_groups_within": {

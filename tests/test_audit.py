@@ -333,7 +333,9 @@ def test_audit_json(tiny_result):
     assert {"threshold_bits", "hash", "sites", "overlap", "pairs", "label_disagreement_pairs"} <= set(data)
     assert data["threshold_bits"] == 2 and isinstance(data["threshold_bits"], int)
     assert data["hash"] == HASH_DESCRIPTION
-    assert data["overlap"]["te"]["tr"]["images"] == 2
+    overlap = {(row["site"], row["other"]): row for row in data["overlap"]}
+    assert len(overlap) == 6 and overlap[("te", "tr")] == {"site": "te", "other": "tr", "images": 2,
+                                                           "label_disagreements": 1}
     assert all(isinstance(v, int) for v in data["sites"]["tr"].values())
     assert isinstance(data["pairs"][0]["distance"], int) and len(data["pairs"]) == 5
 

@@ -36,6 +36,8 @@ FAST = ["--image-size", "32", "--batch-size", "16", "--weights", "none", "--set"
     (["train", "--weights", "no_such_file.h5", "--demo"], "weights"),
     (["train", "--demo", "--set", "no_such_key=1"], "unknown config keys"),
     (["train", "--demo", "--set", "augment.zoom=-1"], "zoom"),
+    (["train", "--demo", "--set", "epochs=2.5"], "whole number"),
+    (["train", "--demo", "--set", "crop=maybe"], "true or false"),
     (["audit", "--site", "Bad Name=x"], "lower-case"),
 ])
 def test_bad_configuration_is_a_usage_error(arguments, message, tmp_path, monkeypatch):
@@ -56,11 +58,13 @@ def test_config_file_and_flags(tmp_path, monkeypatch, synthetic_sites):
     captured = {}
     monkeypatch.setattr("train_distributed.run_training", lambda config: captured.setdefault("c", config) and 0)
     result = CliRunner().invoke(cli, ["train", "--config", str(config_file), "--epochs", "3",
-                                      "--set", "augment.rotation_degrees=5"])
+                                      "--set", "augment.rotation_degrees=5", "--set", "learning_rate=1e-3",
+                                      "--set", "crop=false"])
     assert result.exit_code == 0, result.output
     config = captured["c"]
     assert (config.epochs, config.batch_size) == (3, 20)
     assert (config.augment.zoom, config.augment.rotation_degrees) == (0.1, 5)
+    assert (config.learning_rate, config.crop) == (0.001, False)
     assert config.flat_params()["augment.zoom"] == "0.1"
     assert build_train_config  # the same function builds every config
 
@@ -77,36 +81,95 @@ def mlflow_run(tracking_uri: str, run_id: str):
     return client, client.get_run(run_id)
 
 
-@pytest.mark.slow
-def test_end_to_end_training_run(tmp_path, synthetic_sites):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    output = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, synthetic_sites):
+    """One real training run through the CLI, shared by the tests that inspect its outputs."""
+    folder = tmp_path_factory.mktemp("e2e")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    output = folder / "run"
     result = run_cli(["train", *site_flags(synthetic_sites), *FAST, "--epochs", "2", "--output", str(output),
-                      "--tracking-uri", uri, "--experiment", "e2e", "--set", "log_model=true"], cwd=tmp_path)
+                      "--tracking-uri", uri, "--experiment", "e2e", "--set", "log_model=true"], cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("model.keras", "config.json", "summary.json", "audit.json", "audit_pairs.png",
-                 "report.html", "predictions.csv", "metrics.json", "augment_preview.png"):
+    return {"folder": folder, "output": output, "uri": uri, "stderr": result.stderr}
+
+
+@pytest.mark.slow
+def test_end_to_end_training_run(trained_run):
+    output, uri = trained_run["output"], trained_run["uri"]
+    for name in ("model.keras", "config.json", "summary.json", "audit.json", "audit_pairs.png", "bad_files.json",
+                 "report.html", "report.md", "predictions.csv", "metrics.json", "augment_preview.png"):
         assert (output / name).exists(), name
+    assert "leakage policy purge-train" in trained_run["stderr"]
+    config = json.loads((output / "config.json").read_text())
+    assert config["image_size"] == 32 and config["augment"]["histogram_match_probability"] == 0.3
     summary = json.loads((output / "summary.json").read_text())
-    assert summary["epochs_run"] == 2
+    assert summary["epochs_run"] == 2 and summary["model_path"].endswith("model.keras")
     assert set(summary["sites"]) == {"synth_a", "synth_b", "synth_c"}
     assert summary["sites"]["synth_a"]["role"] == "train"
     for name, role in (("synth_b", "val"), ("synth_c", "test")):
         site = summary["sites"][name]
         assert site["role"] == role and site["images"] == 48
-        assert 0.0 <= site["auc"] <= 1.0 and len(site["auc_ci"]) == 2
+        assert 0.0 <= site["auc"] <= 1.0 and site["auc_ci"][0] <= site["auc"] <= site["auc_ci"][1]
         assert {"threshold", "sensitivity", "specificity", "ece", "unique"} <= set(site)
+        assert site["threshold"] == summary["threshold"]
     client, run = mlflow_run(uri, summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["image_size"] == "32" and run.data.params["leakage"] == "purge-train"
+    assert run.data.params["reference_pool_sites"] == "synth_b"
     assert "augment.histogram_match_probability" in run.data.params
-    assert {"val_auc", "train_loss", "test_synth_c_auc", "test_synth_c_auc_ci_low", "val_synth_b_auc",
-            "test_synth_c_unique_auc"} <= set(run.data.metrics)
+    assert {"val_auc", "train_loss", "train_auc", "learning_rate", "epoch_seconds", "images_per_second",
+            "test_synth_c_auc", "test_synth_c_auc_ci_low", "val_synth_b_auc", "test_synth_c_unique_auc",
+            "leakage_removed_synth_a"} <= set(run.data.metrics)
+    assert run.data.metrics["test_synth_c_auc"] == pytest.approx(summary["sites"]["synth_c"]["auc"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"audit", "report", "summary.json", "config.json", "augment_preview.png", "model"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "audit")} >= {"audit/audit.json",
+                                                                                  "audit/audit_pairs.png"}
     assert run.data.tags["system.strategy"] == "default"
-    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"synth_a", "synth_b", "synth_c"}
+    assert run.data.tags["system.tensorflow"].startswith("2.")
+    inputs = {i.dataset.name: i.tags[0].value for i in run.inputs.dataset_inputs}
+    assert inputs == {"synth_a": "train", "synth_b": "val", "synth_c": "test"}
+
+
+@pytest.mark.slow
+def test_evaluate_command_reproduces_the_test_auc(trained_run, synthetic_sites):
+    output = trained_run["output"]
+    result = run_cli(["evaluate", "--model", str(output / "model.keras"),
+                      "--site", f"synth_c={synthetic_sites['synth_c']}", "--output", str(output / "again")],
+                     cwd=trained_run["folder"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((output / "summary.json").read_text())
+    again = json.loads((output / "again" / "summary.json").read_text())
+    assert again["threshold"] == summary["threshold"]
+    assert again["sites"]["synth_c"]["auc"] == pytest.approx(summary["sites"]["synth_c"]["auc"], abs=1e-6)
+    assert (output / "again" / "report.html").exists() and (output / "again" / "predictions.csv").exists()
+
+
+@pytest.mark.slow
+def test_compare_command_reads_the_runs(trained_run):
+    result = run_cli(["compare", "--experiment", "e2e", "--tracking-uri", trained_run["uri"],
+                      "--output", str(trained_run["folder"] / "compare")], cwd=trained_run["folder"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "synth_c" in result.stdout
+    for name in ("compare.md", "compare.csv", "compare.png"):
+        assert (trained_run["folder"] / "compare" / name).exists()
+
+
+def test_audit_and_crop_preview_commands(tmp_path, synthetic_sites, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["audit", "--site", f"a={synthetic_sites['synth_a']}",
+                                 "--site", f"c={synthetic_sites['synth_c']}", "--image-size", "48",
+                                 "--output", "audit"])
+    assert result.exit_code == 0, result.output
+    audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert audit["sites"]["a"]["images"] == 48 and {o["site"] for o in audit["overlap"]} == {"a", "c"}
+    assert (tmp_path / "audit" / "audit_pairs.png").exists()
+    result = runner.invoke(cli, ["preview-crop", "--site", f"a={synthetic_sites['synth_a']}", "--count", "6",
+                                 "--output", "crops.png"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "crops.png").stat().st_size > 1000
 
 
 def wait_for(process: subprocess.Popen, log: Path, text: str, timeout: float = 300) -> None:
