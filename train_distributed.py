@@ -1120,8 +1120,8 @@ def demo_settings(output: str) -> dict[str, Any]:
         "train_site": f"synth_a={paths['synth_a']}",
         "val_site": f"synth_b={paths['synth_b']}",
         "test_sites": [f"synth_c={paths['synth_c']}"],
-        "image_size": 64, "epochs": 8, "batch_size": 32, "weights": "none", "bootstrap_resamples": 500,
-        "experiment": "brainmri-demo",
+        "image_size": 48, "epochs": 15, "batch_size": 32, "weights": "none", "learning_rate": 1e-3,
+        "bootstrap_resamples": 500, "experiment": "brainmri-demo",
     }
 
 
