@@ -1171,6 +1171,80 @@ def compare(experiment, tracking_uri, output) -> None:
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
+def ablation_variants(varies: Sequence[str], mode: str) -> list[tuple[str, list[str]]]:
+    """``["leakage=report-only,purge-train", ...]`` -> ``[(name, ["--set", "k=v", ...]), ...]``.
+
+    ``one-at-a-time``: a base run (the train arguments as given) plus one run per
+    other value of each key; ``grid``: every combination.
+    """
+    import itertools
+
+    axes = []
+    for text in varies:
+        key, separator, values = text.partition("=")
+        choices = [value for value in values.split(",") if value != ""]
+        if not separator or not key or len(choices) < 1:
+            raise click.UsageError(f"--vary {text!r} must be KEY=VALUE1,VALUE2")
+        axes.append((key, choices))
+    if mode == "grid":
+        combos = list(itertools.product(*[[(key, value) for value in values] for key, values in axes]))
+    else:
+        combos = [()] + [((key, value),) for key, values in axes for value in values]
+    variants, seen = [], set()
+    for combo in combos:
+        name = ",".join(f"{key.split('.')[-1]}={value}" for key, value in combo) or "base"
+        if name not in seen:
+            seen.add(name)
+            variants.append((name, [part for key, value in combo for part in ("--set", f"{key}={value}")]))
+    return variants
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--output", type=click.Path(file_okay=False), default="ablation", show_default=True)
+@click.option("--vary", "varies", multiple=True, metavar="KEY=V1,V2",
+              help="A config key and the values to try, e.g. leakage=report-only,purge-train; repeatable.")
+@click.option("--mode", type=click.Choice(["one-at-a-time", "grid"]), default="one-at-a-time", show_default=True)
+@click.option("--title", default="Cross-site results", show_default=True)
+@click.argument("train_arguments", nargs=-1, type=click.UNPROCESSED)
+def ablate(output, varies, mode, title, train_arguments) -> None:
+    """Run ``train`` once per variant and write RESULTS.md and results.json.
+
+    Everything after the options is passed to ``train`` (sites, epochs, --set ...). Example:
+
+    \b
+        train_distributed.py ablate --output abl --vary leakage=report-only --vary crop=false
+        -- --train-site br35h=... --val-site nav=... --test-site mos=... --weights none
+    """
+    import shlex
+    import subprocess
+
+    from eval.results import results_markdown
+
+    arguments = [a for a in train_arguments if a != "--"]
+    if any(a in ("--output", "--run-name") or a.startswith(("--output=", "--run-name=")) for a in arguments):
+        raise click.UsageError("ablate sets --output and --run-name of each run itself")
+    variants = ablation_variants(varies, mode)
+    root = Path(output)
+    root.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for index, (name, extra) in enumerate(variants, 1):
+        folder = root / f"{index:02d}-{name.replace('=', '-').replace(',', '_')}"
+        command = [sys.executable, str(Path(__file__).resolve()), "train", *arguments, *extra,
+                   "--output", str(folder), "--run-name", name]
+        shown = shlex.join(["python", "train_distributed.py", "train", *arguments, *extra, "--output", str(folder),
+                            "--run-name", name])
+        click.echo(f"[{index}/{len(variants)}] {name}: {shown}", err=True)
+        start = time.time()
+        status = subprocess.call(command)
+        if status != 0:
+            raise click.ClickException(f"run {name!r} failed with status {status}; see its output above")
+        summary = json.loads((folder / "summary.json").read_text())
+        entries.append({"name": name, "command": shown, "seconds": time.time() - start, "summary": summary})
+        write_json_atomic(root / "results.json", entries)
+        (root / "RESULTS.md").write_text(results_markdown(entries, title=title))
+    click.echo((root / "RESULTS.md").read_text())
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; anything but loopback needs --allow-remote.")

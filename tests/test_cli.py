@@ -211,3 +211,36 @@ def test_resume_after_interruption_logs_every_epoch_once(tmp_path, synthetic_sit
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3]
     experiment = client.get_experiment_by_name("brainmri")
     assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+@pytest.mark.parametrize("varies, mode, expected", [
+    ([], "one-at-a-time", ["base"]),
+    (["leakage=report-only", "crop=false"], "one-at-a-time", ["base", "leakage=report-only", "crop=false"]),
+    (["augment.histogram_match_probability=0,0.3"], "one-at-a-time",
+     ["base", "histogram_match_probability=0", "histogram_match_probability=0.3"]),
+    (["leakage=report-only,purge-train", "crop=true,false"], "grid",
+     ["leakage=report-only,crop=true", "leakage=report-only,crop=false", "leakage=purge-train,crop=true",
+      "leakage=purge-train,crop=false"]),
+])
+def test_ablation_variants(varies, mode, expected):
+    from train_distributed import ablation_variants
+
+    variants = ablation_variants(varies, mode)
+    assert [name for name, _ in variants] == expected
+    if mode == "grid":
+        assert variants[1][1] == ["--set", "leakage=report-only", "--set", "crop=false"]
+
+
+@pytest.mark.slow
+def test_ablate_runs_each_variant_and_writes_results(tmp_path, synthetic_sites):
+    result = run_cli(["ablate", "--output", str(tmp_path / "abl"), "--vary",
+                      "augment.histogram_match_probability=0", "--", *site_flags(synthetic_sites), *FAST,
+                      "--epochs", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    entries = json.loads((tmp_path / "abl" / "results.json").read_text())
+    assert [entry["name"] for entry in entries] == ["base", "histogram_match_probability=0"]
+    text = (tmp_path / "abl" / "RESULTS.md").read_text()
+    assert "synth_c AUC (leak-free)" in text and "--set augment.histogram_match_probability=0" in text
+    for entry in entries:
+        auc = entry["summary"]["sites"]["synth_c"]["auc"]
+        assert f"{auc:.3f}" in text
