@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
+from brain_crop import resize_square
+
 from datasets.phash import DEFAULT_THRESHOLD_BITS, HASH_DESCRIPTION, duplicate_groups, near_duplicate_pairs
 from datasets.records import Sample, check_site_name
 
@@ -331,16 +333,7 @@ def _tile(image: np.ndarray, tile: int) -> np.ndarray:
         image = cv2.cvtColor(image[..., :3], cv2.COLOR_RGB2GRAY)
     if image.ndim != 2 or image.size == 0:
         raise ValueError(f"loaded image must be (H, W) or (H, W, 3), got shape {image.shape}")
-    image = image.astype(np.uint8)
-    height, width = image.shape
-    scale = tile / max(height, width)
-    new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (new_width, new_height), interpolation=interpolation)
-    out = np.zeros((tile, tile, 3), np.uint8)
-    top, left = (tile - new_height) // 2, (tile - new_width) // 2
-    out[top:top + new_height, left:left + new_width] = resized[..., None]
-    return out
+    return cv2.cvtColor(resize_square(image.astype(np.uint8), tile), cv2.COLOR_GRAY2RGB)
 
 
 def audit_pairs_montage(
