@@ -331,6 +331,45 @@ class Cluster:
     devices: list[str]
 
 
+def visible_gpu_count() -> int:
+    """GPUs this process may use, counted without starting CUDA.
+
+    ``CUDA_VISIBLE_DEVICES`` when set (its entries that are indices or GPU/MIG
+    UUIDs), else the ``GPU`` lines of ``nvidia-smi --list-gpus``, else 0 (no
+    driver: a CPU node).
+    """
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [entry.strip() for entry in visible.split(",")]
+        return sum(entry.isdigit() or entry.startswith(("GPU-", "MIG-")) for entry in entries)
+    try:
+        listing = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
+
+
+def slurm_cluster_resolver(port_base: int):
+    """The workers of this ``srun`` step: one per task, on port ``port_base`` + its index on its node.
+
+    Each worker uses the GPUs visible to it (``CUDA_VISIBLE_DEVICES`` as SLURM
+    set it; none on a CPU node), so tasks sharing a node need their own GPUs
+    (``--gpus-per-task``). TensorFlow's SlurmClusterResolver only supplies the
+    addresses: its GPU handling calls nvidia-smi (absent on CPU nodes) and
+    cannot give a task zero GPUs.
+    """
+    import tensorflow as tf
+
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1")))
+    addresses = tf.distribute.cluster_resolver.SlurmClusterResolver(
+        port_base=port_base, gpus_per_node=tasks, gpus_per_task=1, auto_set_gpu=False)
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        addresses.cluster_spec(), task_type=addresses.task_type, task_id=addresses.task_id,
+        num_accelerators={"GPU": visible_gpu_count()}, rpc_layer="grpc")
+
+
 def choose_strategy(gpus: int = -1) -> Cluster:
     """MultiWorkerMirrored with TF_CONFIG or several SLURM tasks, Mirrored on GPUs, default on CPU."""
     import tensorflow as tf
@@ -340,8 +379,7 @@ def choose_strategy(gpus: int = -1) -> Cluster:
     if "TF_CONFIG" in os.environ or (in_slurm_step and slurm_tasks > 1):
         resolver = None
         if "TF_CONFIG" not in os.environ:
-            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
-                port_base=int(os.environ.get("BRAINMRI_PORT_BASE", "8888")))
+            resolver = slurm_cluster_resolver(int(os.environ.get("BRAINMRI_PORT_BASE", "8888")))
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
