@@ -53,6 +53,7 @@ EXIT_REQUEUE = 3
 EXIT_NAN = 4
 THRESHOLD_METHODS = ("youden", "sensitivity")
 RESNET50_FREEZE_UNTIL = "conv3_block4_out"
+INPUT_NORMALIZATIONS = ("imagenet", "per_image")
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +100,8 @@ class TrainConfig:
     jit_compile: str = "auto"
     steps_per_execution: int = 1
     log_model: bool = True
+    input_normalization: str = "imagenet"
+    class_weighting: str = "none"
     gradcam_examples: int = 2
     augment: AugmentConfig = AugmentConfig()
 
@@ -146,6 +149,14 @@ class TrainConfig:
                 raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
         if self.early_stopping_patience < 1 or self.reduce_lr_patience < 1:
             raise ValueError("patience values must be at least 1")
+        if self.input_normalization not in INPUT_NORMALIZATIONS:
+            raise ValueError(f"input_normalization must be one of {INPUT_NORMALIZATIONS}, "
+                             f"got {self.input_normalization!r}")
+        if self.class_weighting not in ("none", "balanced"):
+            raise ValueError(f"class_weighting must be none or balanced, got {self.class_weighting!r}")
+        if self.input_normalization == "per_image" and self.weights != "none":
+            raise ValueError("input_normalization per_image is for --weights none: ImageNet weights "
+                             "expect the imagenet centring")
         for key in ("mixed_precision", "jit_compile"):
             if getattr(self, key) not in ("auto", "on", "off"):
                 raise ValueError(f"{key} must be auto, on or off, got {getattr(self, key)!r}")
@@ -404,6 +415,32 @@ def choose_strategy(gpus: int = -1) -> Cluster:
                    [d.name for d in tf.config.list_logical_devices()])
 
 
+_CUSTOM_OBJECTS: dict = {}
+
+
+def custom_objects() -> dict:
+    """The project's Keras layers (defined on first use, so importing this file needs no Keras)."""
+    if not _CUSTOM_OBJECTS:
+        import keras
+
+        @keras.saving.register_keras_serializable(package="brainmri")
+        class PerImageStandardization(keras.layers.Layer):
+            """(B, H, W, C) -> the same, each image to zero mean and unit standard deviation (float32)."""
+
+            def __init__(self, **kwargs):
+                kwargs.setdefault("dtype", "float32")
+                super().__init__(**kwargs)
+
+            def call(self, images):
+                images = keras.ops.cast(images, "float32")
+                mean = keras.ops.mean(images, axis=(1, 2, 3), keepdims=True)
+                deviation = keras.ops.std(images, axis=(1, 2, 3), keepdims=True)
+                return (images - mean) / (deviation + 1e-3)
+
+        _CUSTOM_OBJECTS["PerImageStandardization"] = PerImageStandardization
+    return _CUSTOM_OBJECTS
+
+
 def build_model(config: TrainConfig):
     """ResNet50 (no top) + GlobalMaxPooling -> Dense relu -> BatchNorm -> Dropout -> Dense sigmoid.
 
@@ -416,8 +453,11 @@ def build_model(config: TrainConfig):
     backbone_weights = "imagenet" if weights == "imagenet" else None
     inputs = keras.Input((config.image_size, config.image_size, 1), name="image")
     x = keras.layers.Concatenate(name="grey_to_rgb")([inputs, inputs, inputs])
-    x = keras.layers.Normalization(mean=[103.939, 116.779, 123.68], variance=[1.0, 1.0, 1.0],
-                                   name="imagenet_centre")(x)
+    if config.input_normalization == "per_image":
+        x = custom_objects()["PerImageStandardization"](name="per_image_standardization")(x)
+    else:
+        x = keras.layers.Normalization(mean=[103.939, 116.779, 123.68], variance=[1.0, 1.0, 1.0],
+                                       name="imagenet_centre")(x)
     try:
         backbone = keras.applications.ResNet50(include_top=False, weights=backbone_weights,
                                                input_shape=(config.image_size, config.image_size, 3))
@@ -546,10 +586,16 @@ class NanLossError(RuntimeError):
     pass
 
 
-def make_step_functions(config: TrainConfig, cluster: Cluster, model, optimizer, use_xla: bool):
-    """Distributed train and predict functions over iterators of per-replica batches."""
+def make_step_functions(config: TrainConfig, cluster: Cluster, model, optimizer, use_xla: bool,
+                        class_weights: Sequence[float] = (1.0, 1.0)):
+    """Distributed train and predict functions over iterators of per-replica batches.
+
+    ``class_weights`` multiplies the loss of no-tumour (index 0) and tumour (1) images.
+    """
     import keras
     import tensorflow as tf
+
+    class_weights = tf.constant(class_weights, tf.float32)
 
     strategy = cluster.strategy
     global_batch = config.batch_size
@@ -559,6 +605,7 @@ def make_step_functions(config: TrainConfig, cluster: Cluster, model, optimizer,
             probabilities = tf.cast(model(images, training=True), tf.float32)
             per_example = keras.losses.binary_crossentropy(labels[:, None], probabilities,
                                                            label_smoothing=config.label_smoothing)
+            per_example *= tf.gather(class_weights, tf.cast(labels, tf.int32))
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, model.trainable_variables)
@@ -742,7 +789,13 @@ def _train(config: TrainConfig, cluster: Cluster, tracker: Tracker, state: dict,
                  "wait": 0, "lr_wait": 0, "learning_rate": config.learning_rate, "history": [],
                  "loss_sum": 0.0, "loss_steps": 0, "checkpoint": ""}
     optimizer.learning_rate.assign(state["learning_rate"])
-    train_chunk, predict_step, agree = make_step_functions(config, cluster, model, optimizer, use_xla)
+    class_weights = (1.0, 1.0)
+    if config.class_weighting == "balanced":
+        counts = np.bincount(train_site.labels, minlength=2).astype(float)
+        class_weights = tuple(float(v) for v in counts.sum() / (2 * np.maximum(counts, 1)))
+        say(f"class weights (no tumour, tumour): {class_weights[0]:.3f}, {class_weights[1]:.3f}", chief=chief)
+    train_chunk, predict_step, agree = make_step_functions(config, cluster, model, optimizer, use_xla,
+                                                           class_weights)
     say(f"model {model.name}: {model.count_params():,} parameters, mixed precision {'on' if mixed else 'off'}, "
         f"XLA {'on' if use_xla else 'off'}", chief=chief)
 
@@ -941,7 +994,7 @@ def evaluate_saved_model(model_path: str, specs: Sequence[tuple[str, str]], *, v
     """``evaluate``: any saved model on any sites, with the same report."""
     import keras
 
-    model = keras.models.load_model(model_path)
+    model = keras.models.load_model(model_path, custom_objects=custom_objects())
     model_dir = Path(model_path).parent
     image_size = int(model.inputs[0].shape[1])
     saved_config = {}

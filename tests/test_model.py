@@ -1,0 +1,56 @@
+"""The model: head, frozen layers, input normalisation, saving with the project's layers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from train_distributed import TrainConfig, build_model, custom_objects
+
+
+def tiny_config(**changes) -> TrainConfig:
+    return TrainConfig(image_size=32, weights="none", dense_units=8, **changes)
+
+
+def test_head_matches_the_seed_recipe():
+    model = build_model(tiny_config())
+    names = [layer.name for layer in model.layers]
+    assert names[-5:] == ["global_max_pool", "dense", "dense_bn", "dropout", "tumour_probability"]
+    assert model.get_layer("dropout").rate == 0.5
+    assert model.output_shape == (None, 1) and model.input_shape == (None, 32, 32, 1)
+    assert model.get_layer("tumour_probability").dtype_policy.name == "float32"
+    # with --weights none nothing is frozen (frozen random filters learn nothing)
+    assert all(layer.trainable for layer in model.get_layer("resnet50").layers)
+
+
+@pytest.mark.parametrize("normalization", ["imagenet", "per_image"])
+def test_input_normalisation_and_round_trip(tmp_path, normalization):
+    import keras
+
+    model = build_model(tiny_config(input_normalization=normalization))
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 1)).astype(np.float32)
+    before = np.asarray(model(images, training=False))
+    assert before.shape == (2, 1) and np.all((before >= 0) & (before <= 1))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, custom_objects=custom_objects())
+    np.testing.assert_allclose(np.asarray(loaded(images, training=False)), before, atol=1e-6)
+
+
+def test_per_image_standardisation_ignores_scanner_gain():
+    layer = custom_objects()["PerImageStandardization"]()
+    images = np.random.default_rng(1).uniform(0, 100, (1, 8, 8, 3)).astype(np.float32)
+    first, second = np.asarray(layer(images)), np.asarray(layer(images * 2.0 + 10.0))
+    np.testing.assert_allclose(first, second, atol=1e-3)
+    assert abs(first.mean()) < 1e-5 and abs(first.std() - 1) < 1e-3
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"input_normalization": "zscore"}, "input_normalization"),
+    ({"class_weighting": "inverse"}, "class_weighting"),
+    ({"input_normalization": "per_image", "weights": "imagenet"}, "per_image"),
+])
+def test_model_settings_are_validated(changes, message, synthetic_sites):
+    config = tiny_config(train_site=f"a={synthetic_sites['synth_a']}", val_site=f"b={synthetic_sites['synth_b']}")
+    config = TrainConfig.from_dict({**config.to_dict(), **changes})
+    with pytest.raises(ValueError, match=message):
+        config.validate()
