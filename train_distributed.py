@@ -1125,6 +1125,41 @@ def preview_crop(site_spec, output, count, seed) -> None:
     click.echo(f"wrote {output} ({len(images)} images)")
 
 
+@cli.command("preview-augment")
+@click.option("--site", "site_spec", required=True, metavar="NAME=PATH", help="Images to augment.")
+@click.option("--reference-site", "reference_specs", multiple=True, metavar="NAME=PATH",
+              help="Histogram-matching references (other sites); repeatable.")
+@click.option("--output", type=click.Path(dir_okay=False), default="augment_preview.png", show_default=True)
+@click.option("--image-size", type=click.IntRange(32, 1024), default=224, show_default=True)
+@click.option("--count", type=click.IntRange(1, 12), default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="A training config file; its augment settings are used.")
+@click.option("--cache-dir", default="")
+def preview_augment(site_spec, reference_specs, output, image_size, count, seed, config_file, cache_dir) -> None:
+    """Write a PNG of originals, augmented variants and histogram-matched examples."""
+    import cv2
+
+    from augment.preview import augment_preview_montage
+
+    specs = _site_option_values([site_spec, *reference_specs])
+    try:
+        augment_config = AugmentConfig(**(read_config_file(config_file).get("augment", {}) if config_file else {}))
+        augment_config.validate()
+        settings = TrainConfig(image_size=image_size, cache_dir=cache_dir)
+        sites = load_sites(specs, settings)
+    except (ValueError, TypeError) as error:
+        raise click.UsageError(str(error)) from None
+    images = list(sites.values())[0].images
+    rng = np.random.default_rng(seed)
+    chosen = images[np.sort(rng.choice(len(images), min(count, len(images)), replace=False))]
+    pool = np.concatenate([site.images for site in list(sites.values())[1:]]) if reference_specs else None
+    montage = augment_preview_montage(chosen, pool, augment_config, seed=seed)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(output, cv2.cvtColor(montage, cv2.COLOR_RGB2BGR))
+    click.echo(f"wrote {output}")
+
+
 TRAIN_OPTION_KEYS = {
     "epochs": "epochs", "batch_size": "batch_size", "image_size": "image_size", "weights": "weights",
     "leakage": "leakage", "seed": "seed", "tracking_uri": "tracking_uri", "experiment": "experiment",

@@ -166,6 +166,11 @@ def test_audit_and_crop_preview_commands(tmp_path, synthetic_sites, monkeypatch)
     audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert audit["sites"]["a"]["images"] == 48 and {o["site"] for o in audit["overlap"]} == {"a", "c"}
     assert (tmp_path / "audit" / "audit_pairs.png").exists()
+    result = runner.invoke(cli, ["preview-augment", "--site", f"a={synthetic_sites['synth_a']}",
+                                 "--reference-site", f"c={synthetic_sites['synth_c']}", "--image-size", "48",
+                                 "--output", "augment.png"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "augment.png").stat().st_size > 1000
     result = runner.invoke(cli, ["preview-crop", "--site", f"a={synthetic_sites['synth_a']}", "--count", "6",
                                  "--output", "crops.png"])
     assert result.exit_code == 0, result.output
