@@ -564,7 +564,16 @@ def log_dataset_inputs(tracker: Tracker, sites: dict, roles: dict[str, str]) -> 
                               "sha256": [s.sha256 for s in site.samples]})
         dataset = tracker.mlflow.data.from_pandas(frame, source=site.root, name=name, targets="label",
                                                   digest=site.digest())
-        tracker.log_input(dataset, context=roles[name])
+        for attempt in range(5):
+            try:
+                tracker.log_input(dataset, context=roles[name])
+                break
+            except tracker.mlflow.exceptions.MlflowException as error:
+                # Two runs registering the same dataset at once: the loser's insert violates the
+                # unique (experiment, name, digest) key; once the winner's row exists, logging works.
+                if "UNIQUE constraint" not in str(error) or attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
 
 
 def leaked_flags(eval_site, train_hashes: np.ndarray, threshold_bits: int) -> np.ndarray:

@@ -266,3 +266,26 @@ def test_nan_loss_fails_the_run_with_its_reason(tmp_path, synthetic_sites):
     run, = client.search_runs([client.get_experiment_by_name("nan").experiment_id])
     assert run.info.status == "FAILED" and "NaN" in run.data.tags["failure_reason"]
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_dataset_inputs_survive_a_concurrent_registration():
+    """Two runs registering one dataset at once: the loser retries instead of crashing."""
+    import types
+
+    import mlflow
+
+    from datasets.records import Sample
+    from train_distributed import log_dataset_inputs
+
+    calls = []
+
+    def log_input(dataset, context):
+        calls.append((dataset.name, context))
+        if len(calls) == 1:
+            raise mlflow.exceptions.MlflowException("UNIQUE constraint failed: datasets.experiment_id")
+
+    tracker = types.SimpleNamespace(enabled=True, mlflow=mlflow, log_input=log_input)
+    site = types.SimpleNamespace(samples=[Sample("/x/a.png", "yes/a.png", "a", 1, "tumour", "0" * 64)],
+                                 root="/x", digest=lambda: "abc")
+    log_dataset_inputs(tracker, {"a": site}, {"a": "train"})
+    assert calls == [("a", "train"), ("a", "train")]
