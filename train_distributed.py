@@ -711,6 +711,7 @@ def _train(config: TrainConfig, cluster: Cluster, tracker: Tracker, state: dict,
     import keras
     import tensorflow as tf
 
+    from augment.pipeline import train_dataset
     from augment.preview import augment_preview_montage
     from datasets.audit import apply_leakage_policy
     from datasets.phash import DEFAULT_THRESHOLD_BITS
@@ -840,7 +841,6 @@ def _train(config: TrainConfig, cluster: Cluster, tracker: Tracker, state: dict,
 
     while state["epoch"] < config.epochs and state["wait"] < config.early_stopping_patience:
         epoch, start_step = state["epoch"], state["step"]
-        from augment.pipeline import train_dataset
 
         def dataset_fn(context):
             dataset = train_dataset(images, labels, epoch=epoch, pipeline_id=context.input_pipeline_id,
@@ -998,7 +998,7 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
 
 
 def evaluate_saved_model(model_path: str, specs: Sequence[tuple[str, str]], *, val_name: str,
-                         threshold: float | None, train_audit: str | None, output: Path, tracking_uri: str,
+                         threshold: float | None, train_hashes: str | None, output: Path, tracking_uri: str,
                          experiment: str, cache_dir: str, seed: int) -> dict:
     """``evaluate``: any saved model on any sites, with the same report."""
     import keras
@@ -1017,7 +1017,7 @@ def evaluate_saved_model(model_path: str, specs: Sequence[tuple[str, str]], *, v
                          crop=saved_config.get("crop", True), crop_margin=saved_config.get("crop_margin", 0.0),
                          batch_size=32, output=str(output))
     sites = load_sites(specs, config)
-    hashes_file = Path(train_audit) if train_audit else model_dir / "train_hashes.npz"
+    hashes_file = Path(train_hashes) if train_hashes else model_dir / "train_hashes.npz"
     train_hashes, bits = np.zeros((0, 1), np.uint64), 0
     if hashes_file.exists():
         stored = np.load(hashes_file)
@@ -1265,14 +1265,14 @@ def demo_settings(output: str) -> dict[str, Any]:
 @click.option("--site", "site_specs", multiple=True, required=True, metavar="NAME=PATH", help="Repeatable.")
 @click.option("--val-site", "val_name", default="", help="Name of the --site used to choose the threshold.")
 @click.option("--threshold", type=float, default=None, help="Decision threshold (default: from the model's run).")
-@click.option("--train-audit", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="audit.json of the training run, to mark leaked images (default: next to the model).")
+@click.option("--train-hashes", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="train_hashes.npz of the training run, to mark leaked images (default: next to the model).")
 @click.option("--output", type=click.Path(file_okay=False), default="evaluation", show_default=True)
 @click.option("--tracking-uri", default="")
 @click.option("--experiment", default="", help="Log the evaluation as an MLflow run of this experiment.")
 @click.option("--cache-dir", default="")
 @click.option("--seed", type=int, default=0, show_default=True)
-def evaluate(model_path, site_specs, val_name, threshold, train_audit, output, tracking_uri, experiment,
+def evaluate(model_path, site_specs, val_name, threshold, train_hashes, output, tracking_uri, experiment,
              cache_dir, seed) -> None:
     """Evaluate a saved model on any sites and write the report."""
     specs = _site_option_values(site_specs)
@@ -1280,7 +1280,7 @@ def evaluate(model_path, site_specs, val_name, threshold, train_audit, output, t
         raise click.UsageError(f"--val-site {val_name!r} is not one of the --site names")
     try:
         summary = evaluate_saved_model(model_path, specs, val_name=val_name, threshold=threshold,
-                                       train_audit=train_audit, output=Path(output), tracking_uri=tracking_uri,
+                                       train_hashes=train_hashes, output=Path(output), tracking_uri=tracking_uri,
                                        experiment=experiment, cache_dir=cache_dir, seed=seed)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
