@@ -54,6 +54,7 @@ EXIT_NAN = 4
 THRESHOLD_METHODS = ("youden", "sensitivity")
 RESNET50_FREEZE_UNTIL = "conv3_block4_out"
 INPUT_NORMALIZATIONS = ("imagenet", "per_image")
+TEST_TIME_AUGMENTATIONS = ("none", "flips")
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,6 +104,7 @@ class TrainConfig:
     input_normalization: str = "imagenet"
     class_weighting: str = "none"
     gradcam_examples: int = 2
+    test_time_augmentation: str = "none"
     augment: AugmentConfig = AugmentConfig()
 
     def sites(self) -> list[tuple[str, str, str]]:
@@ -157,6 +159,9 @@ class TrainConfig:
         if self.input_normalization == "per_image" and self.weights != "none":
             raise ValueError("input_normalization per_image is for --weights none: ImageNet weights "
                              "expect the imagenet centring")
+        if self.test_time_augmentation not in TEST_TIME_AUGMENTATIONS:
+            raise ValueError(f"test_time_augmentation must be one of {TEST_TIME_AUGMENTATIONS}, "
+                             f"got {self.test_time_augmentation!r}")
         for key in ("mixed_precision", "jit_compile"):
             if getattr(self, key) not in ("auto", "on", "off"):
                 raise ValueError(f"{key} must be auto, on or off, got {getattr(self, key)!r}")
@@ -639,7 +644,7 @@ def make_step_functions(config: TrainConfig, cluster: Cluster, model, optimizer,
     def agree(flag):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(flag)), axis=None)
 
-    return train_chunk, make_predict_step(cluster, model), agree
+    return train_chunk, make_predict_step(cluster, model, config.test_time_augmentation), agree
 
 
 def predict_site(cluster: Cluster, predict_step, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -816,6 +821,10 @@ def _train(config: TrainConfig, cluster: Cluster, tracker: Tracker, state: dict,
         state["checkpoint"] = name
         if chief:
             write_json_atomic(backup / "state.json", state)
+            # state.json now names the new checkpoint: older ones are dead weight (hundreds of MB each).
+            for path in backup.glob("ckpt-*"):
+                if not path.name.startswith(f"{name}."):
+                    path.unlink(missing_ok=True)
         else:
             import shutil
 
@@ -999,7 +1008,8 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
 
 def evaluate_saved_model(model_path: str, specs: Sequence[tuple[str, str]], *, val_name: str,
                          threshold: float | None, train_hashes: str | None, output: Path, tracking_uri: str,
-                         experiment: str, cache_dir: str, seed: int) -> dict:
+                         experiment: str, cache_dir: str, seed: int,
+                         test_time_augmentation: str | None = None) -> dict:
     """``evaluate``: any saved model on any sites, with the same report."""
     import keras
 
@@ -1013,7 +1023,10 @@ def evaluate_saved_model(model_path: str, specs: Sequence[tuple[str, str]], *, v
         if not (model_dir / "summary.json").exists():
             raise ValueError("no --threshold, no --val-site and no summary.json next to the model")
         threshold = json.loads((model_dir / "summary.json").read_text())["threshold"]
+    if test_time_augmentation is None:
+        test_time_augmentation = saved_config.get("test_time_augmentation", "none")
     config = TrainConfig(image_size=image_size, cache_dir=cache_dir, seed=seed,
+                         test_time_augmentation=test_time_augmentation,
                          crop=saved_config.get("crop", True), crop_margin=saved_config.get("crop_margin", 0.0),
                          batch_size=32, output=str(output))
     sites = load_sites(specs, config)
@@ -1026,25 +1039,34 @@ def evaluate_saved_model(model_path: str, specs: Sequence[tuple[str, str]], *, v
     roles = {name: ("val" if name == val_name else "test") for name, _ in specs}
     tracker = Tracker(bool(experiment), resolve_tracking_uri(tracking_uri), experiment or "brainmri")
     tracker.start("", f"evaluate-{Path(model_path).parent.name}")
-    predict_step = make_predict_step(cluster, model)
+    tracker.log_params({"model_path": model_path, "test_time_augmentation": test_time_augmentation})
+    predict_step = make_predict_step(cluster, model, test_time_augmentation)
     output.mkdir(parents=True, exist_ok=True)
     summary = evaluate_and_report(config, cluster, tracker, model, predict_step, sites, roles, output,
                                   train_hashes, bits, threshold)
-    summary.update(model_path=model_path, mlflow_run_id=tracker.run_id)
+    summary.update(model_path=model_path, mlflow_run_id=tracker.run_id,
+                   test_time_augmentation=test_time_augmentation)
     write_json_atomic(output / "summary.json", summary)
     tracker.log_artifact(str(output / "summary.json"))
     tracker.end_run(status="FINISHED")
     return summary
 
 
-def make_predict_step(cluster: Cluster, model):
-    """A tf.function: next batch of an eval iterator -> gathered (probabilities, labels, indices)."""
+def make_predict_step(cluster: Cluster, model, test_time_augmentation: str = "none"):
+    """A tf.function: next batch of an eval iterator -> gathered (probabilities, labels, indices).
+
+    ``test_time_augmentation="flips"`` averages the probabilities of the image and its
+    left-right, up-down and both-ways flips (the training augmentation flips both ways).
+    """
     import tensorflow as tf
 
     strategy = cluster.strategy
+    flip_axes = {"none": [[]], "flips": [[], [2], [1], [1, 2]]}[test_time_augmentation]
 
     def replica_predict(images, labels, indices):
-        return tf.cast(model(images, training=False), tf.float32)[:, 0], labels, indices
+        views = [images if not axes else tf.reverse(images, axis=axes) for axes in flip_axes]
+        probabilities = [tf.cast(model(view, training=False), tf.float32)[:, 0] for view in views]
+        return tf.add_n(probabilities) / len(probabilities), labels, indices
 
     @tf.function
     def predict_step(iterator):
@@ -1272,8 +1294,11 @@ def demo_settings(output: str) -> dict[str, Any]:
 @click.option("--experiment", default="", help="Log the evaluation as an MLflow run of this experiment.")
 @click.option("--cache-dir", default="")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tta", "test_time_augmentation", type=click.Choice(TEST_TIME_AUGMENTATIONS), default=None,
+              help="Test-time augmentation: 'flips' averages the four flips of each image "
+                   "(default: as the model's run did, else none).")
 def evaluate(model_path, site_specs, val_name, threshold, train_hashes, output, tracking_uri, experiment,
-             cache_dir, seed) -> None:
+             cache_dir, seed, test_time_augmentation) -> None:
     """Evaluate a saved model on any sites and write the report."""
     specs = _site_option_values(site_specs)
     if val_name and val_name not in [name for name, _ in specs]:
@@ -1281,7 +1306,8 @@ def evaluate(model_path, site_specs, val_name, threshold, train_hashes, output, 
     try:
         summary = evaluate_saved_model(model_path, specs, val_name=val_name, threshold=threshold,
                                        train_hashes=train_hashes, output=Path(output), tracking_uri=tracking_uri,
-                                       experiment=experiment, cache_dir=cache_dir, seed=seed)
+                                       experiment=experiment, cache_dir=cache_dir, seed=seed,
+                                       test_time_augmentation=test_time_augmentation)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     for name, values in summary["sites"].items():
@@ -1334,14 +1360,30 @@ def ablation_variants(varies: Sequence[str], mode: str) -> list[tuple[str, list[
     return variants
 
 
+def parse_named_variant(text: str) -> tuple[str, list[str]]:
+    """``"report-only: leakage=report-only epochs=6"`` -> ``("report-only", ["--set", "leakage=...", ...])``."""
+    name, separator, body = text.partition(":")
+    name = name.strip()
+    settings = body.split()
+    if not separator or not name or not settings or any("=" not in item or item.startswith("=")
+                                                        for item in settings):
+        raise click.UsageError(f"--variant {text!r} must be 'NAME: KEY=VALUE [KEY=VALUE ...]'")
+    if not all(character.isalnum() or character in "-_.=" for character in name):
+        raise click.UsageError(f"--variant name {name!r} may hold letters, digits and - _ . = only")
+    return name, [part for item in settings for part in ("--set", item)]
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--output", type=click.Path(file_okay=False), default="ablation", show_default=True)
 @click.option("--vary", "varies", multiple=True, metavar="KEY=V1,V2",
               help="A config key and the values to try, e.g. leakage=report-only,purge-train; repeatable.")
+@click.option("--variant", "named_variants", multiple=True, metavar="'NAME: KEY=V KEY=V'",
+              help="A run that changes several keys together, e.g. 'report-only: leakage=report-only "
+                   "epochs=6' (same number of optimizer steps); repeatable, runs after the --vary runs.")
 @click.option("--mode", type=click.Choice(["one-at-a-time", "grid"]), default="one-at-a-time", show_default=True)
 @click.option("--title", default="Cross-site results", show_default=True)
 @click.argument("train_arguments", nargs=-1, type=click.UNPROCESSED)
-def ablate(output, varies, mode, title, train_arguments) -> None:
+def ablate(output, varies, named_variants, mode, title, train_arguments) -> None:
     """Run ``train`` once per variant and write RESULTS.md and results.json.
 
     Everything after the options is passed to ``train`` (sites, epochs, --set ...). Example:
@@ -1359,6 +1401,12 @@ def ablate(output, varies, mode, title, train_arguments) -> None:
     if any(a in ("--output", "--run-name") or a.startswith(("--output=", "--run-name=")) for a in arguments):
         raise click.UsageError("ablate sets --output and --run-name of each run itself")
     variants = ablation_variants(varies, mode)
+    taken = {name for name, _ in variants}
+    for name, extra in map(parse_named_variant, named_variants):
+        if name in taken:
+            raise click.UsageError(f"--variant name {name!r} is used twice")
+        taken.add(name)
+        variants.append((name, extra))
     root = Path(output)
     root.mkdir(parents=True, exist_ok=True)
     entries = []

@@ -28,7 +28,7 @@ from brain_crop import resize_square
 from datasets.phash import DEFAULT_THRESHOLD_BITS, HASH_DESCRIPTION, duplicate_groups, near_duplicate_pairs
 from datasets.records import Sample, check_site_name
 
-LEAKAGE_POLICIES = ("purge-train", "purge-eval", "report-only")
+LEAKAGE_POLICIES = ("purge-train", "purge-eval", "dedupe-train", "report-only")
 
 _RED = (255, 64, 64)
 _WHITE = (255, 255, 255)
@@ -275,6 +275,10 @@ def apply_leakage_policy(
             copies of the leaked scan). Eval sites are kept as they are.
         ``"purge-eval"``: keep training as it is; drop the eval images that
             have a near-duplicate in the training site.
+        ``"dedupe-train"``: keep one image per duplicate group inside the
+            training site (the first by relative path) and nothing else:
+            images shared with the eval sites stay, as in studies that only
+            deduplicate their training set. Evaluate on the leak-free subsets.
         ``"report-only"``: keep everything.
 
     Args:
@@ -308,6 +312,9 @@ def apply_leakage_policy(
                 drop[train_site].update(group)
             else:
                 drop[train_site].update(group[1:])
+    elif policy == "dedupe-train":
+        for group in result.groups_within.get(train_site, []):
+            drop[train_site].update(group[1:])
     elif policy == "purge-eval":
         leaked = leaked_keys(result, train_site)
         for name in eval_sites:

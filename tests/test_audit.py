@@ -368,6 +368,13 @@ def test_policy_purge_eval(tiny_result):
     assert kept["va"] == ["y.png"] and kept["te"] == ["r.png"] and len(kept["tr"]) == 8
 
 
+def test_policy_dedupe_train(tiny_result):
+    kept, removed = policy_outcome(tiny_result, "dedupe-train")
+    # One image per within-site group (a/b, d/e, g/h); leaked c and d stay.
+    assert kept["tr"] == ["a.png", "c.png", "d.png", "f.png", "g.png"]
+    assert removed == {"tr": 3, "va": 0, "te": 0, "extra": 0}
+
+
 def test_policy_report_only(tiny_result):
     kept, removed = policy_outcome(tiny_result, "report-only")
     assert removed == {"tr": 0, "va": 0, "te": 0, "extra": 0} and len(kept["tr"]) == 8
@@ -375,7 +382,7 @@ def test_policy_report_only(tiny_result):
 
 def test_policy_errors(tiny_result):
     sites = {site.name: site.samples for site in tiny_sites()}
-    assert LEAKAGE_POLICIES == ("purge-train", "purge-eval", "report-only")
+    assert LEAKAGE_POLICIES == ("purge-train", "purge-eval", "dedupe-train", "report-only")
     with pytest.raises(ValueError, match="unknown leakage policy"):
         apply_leakage_policy(tiny_result, sites, policy="purge-all", train_site="tr", eval_sites=["va"])
     with pytest.raises(ValueError):

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -104,6 +105,9 @@ def test_end_to_end_training_run(trained_run):
     assert config["image_size"] == 32 and config["augment"]["histogram_match_probability"] == 0.3
     summary = json.loads((output / "summary.json").read_text())
     assert summary["epochs_run"] == 2 and summary["model_path"].endswith("model.keras")
+    state = json.loads((output / "backup" / "state.json").read_text())
+    kept = sorted(path.name for path in (output / "backup").glob("ckpt-*"))
+    assert state["checkpoint"] == "ckpt-e2" and kept == ["ckpt-e2.data-00000-of-00001", "ckpt-e2.index"]
     assert set(summary["sites"]) == {"synth_a", "synth_b", "synth_c"}
     assert summary["sites"]["synth_a"]["role"] == "train"
     for name, role in (("synth_b", "val"), ("synth_c", "test")):
@@ -144,6 +148,22 @@ def test_evaluate_command_reproduces_the_test_auc(trained_run, synthetic_sites):
     assert again["threshold"] == summary["threshold"]
     assert again["sites"]["synth_c"]["auc"] == pytest.approx(summary["sites"]["synth_c"]["auc"], abs=1e-6)
     assert (output / "again" / "report.html").exists() and (output / "again" / "predictions.csv").exists()
+    assert again["test_time_augmentation"] == "none"
+
+
+@pytest.mark.slow
+def test_evaluate_with_flip_test_time_augmentation(trained_run, synthetic_sites):
+    output = trained_run["output"]
+    result = run_cli(["evaluate", "--model", str(output / "model.keras"), "--tta", "flips",
+                      "--site", f"synth_c={synthetic_sites['synth_c']}", "--output", str(output / "tta")],
+                     cwd=trained_run["folder"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain = json.loads((output / "summary.json").read_text())
+    flipped = json.loads((output / "tta" / "summary.json").read_text())
+    assert flipped["test_time_augmentation"] == "flips" and flipped["threshold"] == plain["threshold"]
+    assert 0.5 < flipped["sites"]["synth_c"]["auc"] <= 1.0
+    rows = (output / "tta" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + plain["sites"]["synth_c"]["images"]
 
 
 @pytest.mark.slow
@@ -236,16 +256,50 @@ def test_ablation_variants(varies, mode, expected):
         assert variants[1][1] == ["--set", "leakage=report-only", "--set", "crop=false"]
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("report-only: leakage=report-only epochs=6",
+     ("report-only", ["--set", "leakage=report-only", "--set", "epochs=6"])),
+    ("p=0:augment.histogram_match_probability=0",
+     ("p=0", ["--set", "augment.histogram_match_probability=0"])),
+])
+def test_parse_named_variant(text, expected):
+    from train_distributed import parse_named_variant
+
+    assert parse_named_variant(text) == expected
+
+
+@pytest.mark.parametrize("text", ["no-colon leakage=report-only", ": epochs=3", "name:", "name: epochs",
+                                  "name: =3", "a b: epochs=3", "a/b: epochs=3"])
+def test_parse_named_variant_rejects(text):
+    from train_distributed import parse_named_variant
+
+    with pytest.raises(click.UsageError, match="--variant"):
+        parse_named_variant(text)
+
+
+def test_ablate_rejects_a_variant_name_twice(tmp_path):
+    from train_distributed import cli
+
+    result = CliRunner().invoke(cli, ["ablate", "--output", str(tmp_path / "abl"), "--variant", "x: epochs=1",
+                                      "--variant", "x: epochs=2", "--", "--epochs", "1"])
+    assert result.exit_code == 2 and "used twice" in result.output
+
+
 @pytest.mark.slow
 def test_ablate_runs_each_variant_and_writes_results(tmp_path, synthetic_sites):
     result = run_cli(["ablate", "--output", str(tmp_path / "abl"), "--vary",
-                      "augment.histogram_match_probability=0", "--", *site_flags(synthetic_sites), *FAST,
+                      "augment.histogram_match_probability=0", "--variant",
+                      "report-only: leakage=report-only batch_size=8",
+                      "--", *site_flags(synthetic_sites), *FAST,
                       "--epochs", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     entries = json.loads((tmp_path / "abl" / "results.json").read_text())
-    assert [entry["name"] for entry in entries] == ["base", "histogram_match_probability=0"]
+    assert [entry["name"] for entry in entries] == ["base", "histogram_match_probability=0", "report-only"]
     text = (tmp_path / "abl" / "RESULTS.md").read_text()
     assert "synth_c AUC (leak-free)" in text and "--set augment.histogram_match_probability=0" in text
+    assert "--set leakage=report-only --set batch_size=8" in text
+    config = json.loads((tmp_path / "abl" / "03-report-only" / "config.json").read_text())
+    assert config["leakage"] == "report-only" and config["batch_size"] == 8
     for entry in entries:
         auc = entry["summary"]["sites"]["synth_c"]["auc"]
         assert f"{auc:.3f}" in text

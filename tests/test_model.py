@@ -48,9 +48,33 @@ def test_per_image_standardisation_ignores_scanner_gain():
     ({"input_normalization": "zscore"}, "input_normalization"),
     ({"class_weighting": "inverse"}, "class_weighting"),
     ({"input_normalization": "per_image", "weights": "imagenet"}, "per_image"),
+    ({"test_time_augmentation": "rotations"}, "test_time_augmentation"),
 ])
 def test_model_settings_are_validated(changes, message, synthetic_sites):
     config = tiny_config(train_site=f"a={synthetic_sites['synth_a']}", val_site=f"b={synthetic_sites['synth_b']}")
     config = TrainConfig.from_dict({**config.to_dict(), **changes})
     with pytest.raises(ValueError, match=message):
         config.validate()
+
+
+@pytest.mark.parametrize("mode, views", [("none", [()]), ("flips", [(), (2,), (1,), (1, 2)])])
+def test_test_time_augmentation_averages_the_flips(mode, views):
+    import keras
+
+    from train_distributed import choose_strategy, make_predict_step, predict_site
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8, 8, 1))
+    hidden = keras.layers.Conv2D(2, 3, activation="relu")(inputs)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(hidden))
+    model = keras.Model(inputs, outputs)  # not flip-invariant: the dense weights see positions
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8), dtype=np.uint8)
+    cluster = choose_strategy(gpus=0)
+    scores = predict_site(cluster, make_predict_step(cluster, model, mode), images, batch_size=4)
+    batch = images[..., None].astype(np.float32)
+    expected = np.mean([model.predict(np.flip(batch, axis=axes) if axes else batch, verbose=0)[:, 0]
+                        for axes in views], axis=0)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    if mode == "flips":
+        plain = model.predict(batch, verbose=0)[:, 0]
+        assert np.abs(scores - plain).max() > 1e-4
