@@ -34,18 +34,19 @@ def eval_sites(summary: dict) -> list[str]:
 
 
 def overview_table(entries: Sequence[dict]) -> str:
-    """Markdown: one row per run, AUC [95% CI] full and leak-free per site, time."""
+    """Markdown: one row per run: training images, AUC [95% CI] full and leak-free per site, time."""
     sites: list[str] = []
     for entry in entries:
         for name in eval_sites(entry["summary"]):
             if name not in sites:
                 sites.append(name)
-    header = ["run"] + [f"{name} AUC (full)" for name in sites] + [f"{name} AUC (leak-free)" for name in sites]
-    header += ["epochs", "minutes"]
+    header = ["run", "train images"] + [f"{name} AUC (full)" for name in sites]
+    header += [f"{name} AUC (leak-free)" for name in sites] + ["epochs", "minutes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in entries:
         summary = entry["summary"]
-        cells = [entry["name"]]
+        train = [values for values in summary["sites"].values() if values.get("role") == "train"]
+        cells = [entry["name"], str(train[0].get("images", "–")) if train else "–"]
         cells += [auc_cell(summary["sites"].get(name)) for name in sites]
         cells += [auc_cell((summary["sites"].get(name) or {}).get("unique")) for name in sites]
         cells += [str(summary.get("epochs_run", "–")), _number(entry.get("seconds", float("nan")) / 60, 1)]
