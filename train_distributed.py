@@ -889,7 +889,7 @@ def _train(config: TrainConfig, cluster: Cluster, tracker: Tracker, state: dict,
         train_probs, train_truth = np.concatenate(probabilities), np.concatenate(truths)
         record = {"epoch": epoch + 1, "train_loss": state["loss_sum"] / max(state["loss_steps"], 1),
                   "train_auc": roc_auc(train_truth.astype(int), train_probs), "val_auc": val_auc,
-                  f"val_{val_name}_auc": val_auc, "learning_rate": float(state["learning_rate"]),
+                  "learning_rate": float(state["learning_rate"]),
                   "epoch_seconds": epoch_seconds,
                   "images_per_second": seen / max(train_seconds, 1e-9)}
         state["history"].append(record)

@@ -125,6 +125,9 @@ def test_end_to_end_training_run(trained_run):
             "test_synth_c_auc", "test_synth_c_auc_ci_low", "val_synth_b_auc", "test_synth_c_unique_auc",
             "leakage_removed_synth_a"} <= set(run.data.metrics)
     assert run.data.metrics["test_synth_c_auc"] == pytest.approx(summary["sites"]["synth_c"]["auc"])
+    # The per-epoch curve is val_auc; val_<site>_auc is the final evaluation alone (compare reads it).
+    final_val = client.get_metric_history(run.info.run_id, "val_synth_b_auc")
+    assert [m.value for m in final_val] == [pytest.approx(summary["sites"]["synth_b"]["auc"])]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"audit", "report", "summary.json", "config.json", "augment_preview.png", "model"} <= artifacts
