@@ -1038,7 +1038,8 @@ def evaluate_saved_model(model_path: str, specs: Sequence[tuple[str, str]], *, v
     cluster = choose_strategy()
     roles = {name: ("val" if name == val_name else "test") for name, _ in specs}
     tracker = Tracker(bool(experiment), resolve_tracking_uri(tracking_uri), experiment or "brainmri")
-    tracker.start("", f"evaluate-{Path(model_path).parent.name}")
+    tracker.start("", f"evaluate-{Path(model_path).parent.name}"
+                      + ("" if test_time_augmentation == "none" else f"-tta-{test_time_augmentation}"))
     tracker.log_params({"model_path": model_path, "test_time_augmentation": test_time_augmentation})
     predict_step = make_predict_step(cluster, model, test_time_augmentation)
     output.mkdir(parents=True, exist_ok=True)
