@@ -54,7 +54,9 @@ EXIT_NAN = 4
 THRESHOLD_METHODS = ("youden", "sensitivity")
 RESNET50_FREEZE_UNTIL = "conv3_block4_out"
 INPUT_NORMALIZATIONS = ("imagenet", "per_image")
-TEST_TIME_AUGMENTATIONS = ("none", "flips")
+# Test-time augmentation: the image axes of (B, S, S, 1) batches each view flips; () is the image itself.
+TEST_TIME_FLIPS = {"none": [()], "flips": [(), (2,), (1,), (1, 2)]}
+TEST_TIME_AUGMENTATIONS = tuple(TEST_TIME_FLIPS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1062,10 +1064,10 @@ def make_predict_step(cluster: Cluster, model, test_time_augmentation: str = "no
     import tensorflow as tf
 
     strategy = cluster.strategy
-    flip_axes = {"none": [[]], "flips": [[], [2], [1], [1, 2]]}[test_time_augmentation]
+    flip_axes = TEST_TIME_FLIPS[test_time_augmentation]
 
     def replica_predict(images, labels, indices):
-        views = [images if not axes else tf.reverse(images, axis=axes) for axes in flip_axes]
+        views = [tf.reverse(images, axis=list(axes)) if axes else images for axes in flip_axes]
         probabilities = [tf.cast(model(view, training=False), tf.float32)[:, 0] for view in views]
         return tf.add_n(probabilities) / len(probabilities), labels, indices
 

@@ -304,17 +304,11 @@ def apply_leakage_policy(
         raise ValueError(f"train site {train_site!r} must not also be an eval site")
 
     drop: dict[str, set[str]] = {name: set() for name in sites}
-    if policy == "purge-train":
-        leaking = _train_keys_leaking(result, train_site, eval_sites)
+    if policy in ("purge-train", "dedupe-train"):
+        leaking = _train_keys_leaking(result, train_site, eval_sites) if policy == "purge-train" else set()
         drop[train_site] |= leaking
         for group in result.groups_within.get(train_site, []):
-            if leaking.intersection(group):
-                drop[train_site].update(group)
-            else:
-                drop[train_site].update(group[1:])
-    elif policy == "dedupe-train":
-        for group in result.groups_within.get(train_site, []):
-            drop[train_site].update(group[1:])
+            drop[train_site].update(group if leaking.intersection(group) else group[1:])
     elif policy == "purge-eval":
         leaked = leaked_keys(result, train_site)
         for name in eval_sites:
