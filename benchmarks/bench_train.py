@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py [--image-size 224] [--batch-size 32] [--steps 10]
 
 Both measurements use the same model, optimizer and distributed train step
-as ``train_distributed.py`` (strategy chosen the same way: GPUs when
+as ``train`` (``training/``; strategy chosen the same way: GPUs when
 present). The pipeline run feeds cached-crop-like uint8 images through
 ``augment.pipeline.train_dataset`` (histogram matching, affine, brightness,
 prefetch); the reference run feeds one constant batch. A ratio near 1 means
@@ -43,22 +43,21 @@ def main() -> None:
     import tensorflow as tf
 
     from augment.pipeline import train_dataset
-    from train_distributed import TrainConfig, build_model, choose_strategy, make_step_functions
+    from training.cluster import choose_precision, choose_strategy
+    from training.config import TrainConfig
+    from training.loop import build_model_and_optimizer
+    from training.steps import make_train_chunk
 
     cluster = choose_strategy()
+    precision = choose_precision(args.mixed_precision, args.jit_compile)
+    precision.apply()
+    mixed, xla = precision.mixed, precision.xla
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    mixed = args.mixed_precision == "on" or (args.mixed_precision == "auto" and on_gpu)
-    xla = args.jit_compile == "on" or (args.jit_compile == "auto" and on_gpu)
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    config = TrainConfig(image_size=args.image_size, batch_size=args.batch_size, weights="none",
-                         steps_per_execution=args.steps_per_execution)
-    with cluster.strategy.scope():
-        model = build_model(config)
-        optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
-        if mixed:
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(model.trainable_variables)
-    train_chunk, _, _ = make_step_functions(config, cluster, model, optimizer, xla)
+    config = TrainConfig.from_settings({"image_size": args.image_size, "batch_size": args.batch_size,
+                                        "weights": "none", "steps_per_execution": args.steps_per_execution})
+    model, optimizer = build_model_and_optimizer(config, cluster, mixed)
+    train_chunk = make_train_chunk(cluster, model, optimizer, global_batch=args.batch_size,
+                                   label_smoothing=config.trainer.label_smoothing, jit_compile=xla)
 
     rng = np.random.default_rng(0)
     size = args.image_size
@@ -66,7 +65,6 @@ def main() -> None:
     labels = rng.integers(0, 2, args.images)
     pool = rng.integers(0, 256, (200, size, size), dtype=np.uint8)
     per_replica = args.batch_size // cluster.replicas
-    local_replicas = cluster.replicas // cluster.workers
 
     def pipeline_fn(context):
         return train_dataset(images, labels, per_replica_batch=per_replica, epoch=0, seed=0,

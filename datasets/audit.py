@@ -18,7 +18,9 @@ the training site (for a "leak-free subset" metric).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -444,3 +446,39 @@ def format_audit_table(result: AuditResult) -> str:
             f"{sum(pair['same_site'] for pair in result.label_disagreement_pairs)} within sites"
         )
     return "\n".join(lines)
+
+
+def audit_sites(sites: Mapping[str, Any], threshold_bits: int = DEFAULT_THRESHOLD_BITS) -> AuditResult:
+    """:func:`run_audit` on loaded sites (``datasets.cache.CachedSite`` by name)."""
+    return run_audit([AuditSite(name, site.samples, site.hashes, len(site.bad_files))
+                      for name, site in sites.items()], threshold_bits=threshold_bits)
+
+
+def write_audit_outputs(result: AuditResult, sites: Mapping[str, Any], output: Path) -> list[Path]:
+    """``audit.json``, ``audit_pairs.png`` and ``bad_files.json`` into ``output``; returns their paths."""
+    output.mkdir(parents=True, exist_ok=True)
+    paths = [output / "audit.json", output / "audit_pairs.png", output / "bad_files.json"]
+    paths[0].write_text(json.dumps(result.to_json(), indent=1))
+    index = {sample.key: (site, row) for site in sites.values() for row, sample in enumerate(site.samples)}
+
+    def load(key: str) -> np.ndarray:
+        site, row = index[key]
+        return site.images[row]
+
+    montage = audit_pairs_montage(result, load)
+    cv2.imwrite(str(paths[1]), cv2.cvtColor(montage, cv2.COLOR_RGB2BGR))
+    bad = {name: [dataclasses.asdict(b) for b in site.bad_files] for name, site in sites.items()}
+    paths[2].write_text(json.dumps(bad, indent=1))
+    return paths
+
+
+def leaked_flags(hashes: np.ndarray, train_hashes: np.ndarray, threshold_bits: int) -> np.ndarray:
+    """(N,) bool: which of the (N, W) uint64 ``hashes`` have a near-duplicate among ``train_hashes``.
+
+    Either side empty gives all False.
+    """
+    flags = np.zeros(len(hashes), bool)
+    if len(train_hashes) and len(hashes):
+        rows, _, _ = near_duplicate_pairs(hashes, train_hashes, threshold=threshold_bits)
+        flags[rows] = True
+    return flags

@@ -34,10 +34,10 @@ import numpy as np
 
 from datasets.records import BadFile, Sample
 from datasets.sites import Candidate, check_classes, open_site
+from datasets.validation import DEFAULT_MAX_PIXELS
 
 #: Bumped when the crop or hash algorithm changes, so old bundles are not reused.
 CACHE_VERSION = 1
-DEFAULT_MAX_PIXELS = 50_000_000
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -286,8 +286,8 @@ def _build_bundle(bundle: Path, param_dir: Path, files: list[tuple[str, str]], p
                 if progress:
                     progress(done, total)
         finally:
-            if executor is not None:
-                executor.shutdown()
+            if executor is not None:  # an exception (e.g. a stop signal) cancels what has not started
+                executor.shutdown(cancel_futures=True)
 
     good = [sha for sha, _ in files if results[sha][0] is not None]
     size = params.image_size
@@ -306,3 +306,36 @@ def _build_bundle(bundle: Path, param_dir: Path, files: list[tuple[str, str]], p
         "bad": {sha: [results[sha][3], results[sha][4]] for sha, _ in files if results[sha][0] is None},
     }
     _write_bundle(bundle, meta, images, boxes, hashes)
+
+
+def load_sites(specs: Sequence[tuple[str, str]], params: CropParams, *, cache_dir: str | os.PathLike | None = None,
+               report: Callable[[str], None] | None = None,
+               progress: Callable[[str], ProgressCallback] | None = None) -> dict[str, CachedSite]:
+    """Load (validate, crop, cache) each ``(name, path)`` site, in order.
+
+    ``report(line)`` receives a summary line per site and its bad files;
+    ``progress(label)`` makes the decoding progress callback of each site.
+    Raises ValueError for a site name given twice, before any work.
+    """
+    from datasets.validation import format_bad_file_summary
+
+    names = [name for name, _ in specs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"site names must be unique; given more than once: {', '.join(repeated)}")
+    report = report or (lambda line: None)
+    sites: dict[str, CachedSite] = {}
+    for name, path in specs:
+        start = time.time()
+        site = load_site(name, path, params, cache_dir=cache_dir or None,
+                         progress=progress(f"cropping {name}") if progress else None)
+        source = "cache" if site.cache_hit else "decoded"
+        report(f"site {name}: {len(site.samples)} images ({int(site.labels.sum())} tumour), "
+               f"{len(site.bad_files)} skipped, {source} in {time.time() - start:.1f} s")
+        if len(site.bad_files) <= 20:
+            for bad in site.bad_files:
+                report(f"  {bad.message()}")
+        for line in format_bad_file_summary(name, site.bad_files):
+            report(line)
+        sites[name] = site
+    return sites

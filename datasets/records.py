@@ -15,6 +15,9 @@ SITE_NAME_PATTERN = re.compile(r"^[a-z0-9_-]+$")
 NO_TUMOUR = 0
 TUMOUR = 1
 
+#: File extensions read as images (any case).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+
 
 def check_site_name(name: str) -> str:
     """Return ``name`` if it is a valid site name, else raise ``ValueError``.

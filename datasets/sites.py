@@ -17,9 +17,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from datasets.records import NO_TUMOUR, TUMOUR, BadFile, check_site_name
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+from datasets.records import IMAGE_EXTENSIONS, NO_TUMOUR, TUMOUR, BadFile, check_site_name
 
 #: Class folder names (normalised: lower case, spaces and '-' as '_') -> (label, subclass).
 CLASS_FOLDERS: dict[str, tuple[int, str]] = {

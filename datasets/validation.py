@@ -22,9 +22,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from datasets.records import BadFile
+from datasets.records import IMAGE_EXTENSIONS, BadFile
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+#: Images with more pixels are refused from their header, before decoding (decompression bombs).
+DEFAULT_MAX_PIXELS = 50_000_000
 
 REASONS = (
     "empty_file",
@@ -210,7 +211,7 @@ def decoded_to_grey(image: np.ndarray) -> np.ndarray:
 
 
 def decode_image_bytes(
-    data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 32
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 32
 ) -> np.ndarray:
     """Decode an image file's bytes into one greyscale image, or say why not.
 

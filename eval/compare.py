@@ -176,7 +176,3 @@ def write_comparison(rows: list[dict], output_dir) -> list[str]:
                                    title="AUC, leak-free images", value="unique_auc"))
     return paths
 
-
-def compare_experiment(experiment: str, output_dir, tracking_uri: str | None = None) -> list[str]:
-    """Read an experiment's runs and write the comparison files; returns their paths."""
-    return write_comparison(comparison_table(collect_runs(experiment, tracking_uri)), output_dir)

@@ -34,10 +34,6 @@ def _save(figure: Figure, path) -> str:
     return path
 
 
-def _format_number(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
 def plot_roc_curves(
     curves: dict[str, tuple],
     path,

@@ -9,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
+
+from eval.metrics import roc_auc
+from eval.report import read_predictions_csv
 
 from train_distributed import cli
 
@@ -32,42 +35,58 @@ FAST = ["--image-size", "32", "--batch-size", "16", "--weights", "none", "--set"
     (["train", "--train-site", "BR35H=x", "--val-site", "nav=y"], "lower-case"),
     (["train", "--train-site", "br35h", "--val-site", "nav=y"], "NAME=PATH"),
     (["train", "--train-site", "a=missing_folder_x", "--val-site", "b=missing_folder_y"], "does not exist"),
-    (["train", "--epochs", "0"], "0"),
-    (["train", "--leakage", "sometimes"], "sometimes"),
-    (["train", "--weights", "no_such_file.h5", "--demo"], "weights"),
-    (["train", "--demo", "--set", "no_such_key=1"], "unknown config keys"),
-    (["train", "--demo", "--set", "augment.zoom=-1"], "zoom"),
-    (["train", "--demo", "--set", "epochs=2.5"], "whole number"),
-    (["train", "--demo", "--set", "crop=maybe"], "true or false"),
+    (["train", "--train-site", "a=afile.txt", "--val-site", "b=afile.txt"], "is a file, not a folder"),
+    (["train", "--epochs", "0"], "0 is not in the range 1<=x<=10000"),
+    (["train", "--leakage", "sometimes"], "'sometimes' is not one of"),
+    (["train", "--weights", "no_such_file.h5", "--demo"], "weights must be 'imagenet', 'none' or an existing file"),
+    (["train", "--demo", "--set", "no_such_key=1"], "unknown config keys ['no_such_key']"),
+    (["train", "--demo", "--set", "augment.zoom=-1"], "zoom must be in [0, 1)"),
+    (["train", "--demo", "--set", "epochs=2.5"], "epochs must be a whole number, got '2.5'"),
+    (["train", "--demo", "--set", "epochs=[1,2]"], "epochs must be a whole number, got '[1,2]'"),
+    (["train", "--demo", "--set", "learning_rate=[1"], "learning_rate must be a number, got '[1'"),
+    (["train", "--demo", "--set", "crop=maybe"], "crop must be true or false, got 'maybe'"),
+    (["train", "--demo", "--set", "leakage=sometimes"], "leakage must be one of"),
+    (["train", "--demo", "--set", "augment.nosuch=1"], "unknown augment key 'nosuch'"),
+    (["train", "--demo", "--set", "=3"], "must be KEY=VALUE"),
+    (["train", "--demo", "--cpu-replicas", "2", "--gpus", "1"], "cpu_replicas is for machines without GPUs"),
+    (["train", "--config", "bad.yaml"], "is not valid YAML"),
+    (["train", "--config", "augment5.yaml"], "augment must be a mapping of settings"),
+    (["train", "--config", "list.json"], "must hold a mapping of settings"),
     (["audit", "--site", "Bad Name=x"], "lower-case"),
+    (["audit", "--site", "good=A", "--site", "good=B"], "given more than once: good"),
 ])
 def test_bad_configuration_is_a_usage_error(arguments, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile.txt").write_text("not a folder")
+    (tmp_path / "bad.yaml").write_text("epochs: [1\n")
+    (tmp_path / "augment5.yaml").write_text("augment: 5\n")
+    (tmp_path / "list.json").write_text("[1, 2]")
     result = CliRunner().invoke(cli, arguments)
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()  # rejected before any work (no demo data written)
 
 
 def test_config_file_and_flags(tmp_path, monkeypatch, synthetic_sites):
-    from train_distributed import build_train_config
-
     config_file = tmp_path / "run.yaml"
     config_file.write_text(f"train_site: synth_a={synthetic_sites['synth_a']}\n"
                            f"val_site: synth_b={synthetic_sites['synth_b']}\n"
-                           "epochs: 7\nbatch_size: 20\naugment:\n  zoom: 0.1\n")
+                           "epochs: 7\nbatch_size: 20\nrun_name: no\naugment:\n  zoom: 0.1\n")
     captured = {}
-    monkeypatch.setattr("train_distributed.run_training", lambda config: captured.setdefault("c", config) and 0)
+    monkeypatch.setattr("training.loop.run_training", lambda config: captured.setdefault("c", config) and 0)
     result = CliRunner().invoke(cli, ["train", "--config", str(config_file), "--epochs", "3",
                                       "--set", "augment.rotation_degrees=5", "--set", "learning_rate=1e-3",
-                                      "--set", "crop=false"])
+                                      "--set", "crop=false", "--set", "seed=010"])
     assert result.exit_code == 0, result.output
     config = captured["c"]
-    assert (config.epochs, config.batch_size) == (3, 20)
-    assert (config.augment.zoom, config.augment.rotation_degrees) == (0.1, 5)
-    assert (config.learning_rate, config.crop) == (0.001, False)
+    assert (config.trainer.epochs, config.trainer.batch_size, config.seed) == (3, 20, 10)
+    assert (config.augment.zoom, config.augment.rotation_degrees) == (0.1, 5.0)
+    assert (config.trainer.learning_rate, config.data.crop) == (0.001, False)
+    assert config.tracking.run_name == "no"  # parsed by the setting's type, not as a YAML boolean
     assert config.flat_params()["augment.zoom"] == "0.1"
-    assert build_train_config  # the same function builds every config
+    assert config.runtime.output == config.default_output()
+    assert config.runtime.output.startswith(str(Path("runs") / "synth_a-seed10-"))
 
 
 def run_cli(arguments: list[str], cwd: Path, env: dict | None = None, timeout: int = 600):
@@ -102,10 +121,11 @@ def test_end_to_end_training_run(trained_run):
         assert (output / name).exists(), name
     assert "leakage policy purge-train" in trained_run["stderr"]
     config = json.loads((output / "config.json").read_text())
-    assert config["image_size"] == 32 and config["augment"]["histogram_match_probability"] == 0.3
+    assert config["data"]["image_size"] == 32 and config["augment"]["histogram_match_probability"] == 0.3
     summary = json.loads((output / "summary.json").read_text())
     assert summary["epochs_run"] == 2 and summary["model_path"].endswith("model.keras")
     state = json.loads((output / "backup" / "state.json").read_text())
+    assert state["phase"] == "finished" and [r["epoch"] for r in state["history"]] == [1, 2]
     kept = sorted(path.name for path in (output / "backup").glob("ckpt-*"))
     assert state["checkpoint"] == "ckpt-e2" and kept == ["ckpt-e2.data-00000-of-00001", "ckpt-e2.index"]
     assert set(summary["sites"]) == {"synth_a", "synth_b", "synth_c"}
@@ -113,7 +133,12 @@ def test_end_to_end_training_run(trained_run):
     for name, role in (("synth_b", "val"), ("synth_c", "test")):
         site = summary["sites"][name]
         assert site["role"] == role and site["images"] == 48
-        assert 0.0 <= site["auc"] <= 1.0 and site["auc_ci"][0] <= site["auc"] <= site["auc_ci"][1]
+        assert site["auc_ci"][0] <= site["auc"] <= site["auc_ci"][1]
+        # the reported AUC is the exact AUC of the scores written to predictions.csv
+        rows = [row for row in read_predictions_csv(output / "predictions.csv") if row.site == name]
+        assert len(rows) == 48
+        assert site["auc"] == pytest.approx(roc_auc(np.array([r.label for r in rows]),
+                                                    np.array([r.score for r in rows])), abs=1e-12)
         assert {"threshold", "sensitivity", "specificity", "ece", "unique"} <= set(site)
         assert site["threshold"] == summary["threshold"]
     client, run = mlflow_run(uri, summary["mlflow_run_id"])
@@ -164,9 +189,13 @@ def test_evaluate_with_flip_test_time_augmentation(trained_run, synthetic_sites)
     plain = json.loads((output / "summary.json").read_text())
     flipped = json.loads((output / "tta" / "summary.json").read_text())
     assert flipped["test_time_augmentation"] == "flips" and flipped["threshold"] == plain["threshold"]
-    assert 0.5 < flipped["sites"]["synth_c"]["auc"] <= 1.0
-    rows = (output / "tta" / "predictions.csv").read_text().splitlines()
-    assert len(rows) == 1 + plain["sites"]["synth_c"]["images"]
+    plain_rows = [row for row in read_predictions_csv(output / "predictions.csv") if row.site == "synth_c"]
+    flipped_rows = read_predictions_csv(output / "tta" / "predictions.csv")
+    assert [row.relative_path for row in flipped_rows] == [row.relative_path for row in plain_rows]
+    difference = np.abs(np.array([r.score for r in flipped_rows]) - np.array([r.score for r in plain_rows]))
+    assert difference.max() > 1e-6  # four views averaged, not the plain scores
+    assert flipped["sites"]["synth_c"]["auc"] == pytest.approx(
+        roc_auc(np.array([r.label for r in flipped_rows]), np.array([r.score for r in flipped_rows])), abs=1e-12)
 
 
 @pytest.mark.slow
@@ -211,34 +240,70 @@ def wait_for(process: subprocess.Popen, log: Path, text: str, timeout: float = 3
     raise AssertionError(f"{text!r} not seen: {log.read_text()[-3000:]}")
 
 
+DEMO = ["train", "--demo", "--epochs", "3"]
+
+
+def demo_results(folder: Path) -> tuple[dict, list[dict], Path]:
+    """summary.json, the per-epoch history and the run folder of the one demo run under ``folder/runs``."""
+    output, = [path for path in (folder / "runs").iterdir() if path.name != "demo_data"]
+    summary = json.loads((output / "summary.json").read_text())
+    history = json.loads((output / "backup" / "state.json").read_text())["history"]
+    return summary, history, output
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_demo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo_whole")
+    result = run_cli([*DEMO, "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"], cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return demo_results(folder)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["kill", "sigusr1"])
-def test_resume_after_interruption_logs_every_epoch_once(tmp_path, synthetic_sites, how):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_stopped_run_started_again_ends_with_the_same_numbers(tmp_path, how, uninterrupted_demo):
+    """Killed or signalled inside epoch 2, then the same command: bit-identical per-epoch and final numbers."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    output = tmp_path / "run"
-    arguments = [sys.executable, str(REPO / "train_distributed.py"), "train", *site_flags(synthetic_sites),
-                 *FAST, "--epochs", "3", "--output", str(output), "--tracking-uri", uri,
-                 "--set", "early_stopping_patience=10"]
+    arguments = [sys.executable, str(REPO / "train_distributed.py"), *DEMO, "--tracking-uri", uri]
     log = tmp_path / "first.log"
     with open(log, "w") as handle:
         process = subprocess.Popen(arguments, cwd=tmp_path, stderr=handle, stdout=handle)
         wait_for(process, log, "epoch 1/3")
-        process.send_signal(signal.SIGKILL if how == "kill" else signal.SIGUSR1)
+        time.sleep(3)  # inside epoch 2 (9 steps of about a second each)
+        process.send_signal(getattr(signal, how))
         status = process.wait(timeout=120)
-    if how == "sigusr1":
+    if how == "SIGTERM":
         assert status == 3, log.read_text()[-2000:]
-        assert "saved" in log.read_text()
+        assert "state saved (training, epoch 1, step" in log.read_text()
+    else:
+        assert status == -signal.SIGKILL
     second = subprocess.run(arguments, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming run" in second.stderr
-    summary = json.loads((output / "summary.json").read_text())
-    assert summary["epochs_run"] == 3
+    summary, history, output = demo_results(tmp_path)
+    whole_summary, whole_history, _ = uninterrupted_demo
+    assert whole_summary["sites"]["synth_c"]["auc"] > 0.9  # the demo learns: its test site is not chance
+    keys = ("epoch", "train_loss", "train_auc", "val_auc", "learning_rate")
+    assert [[r[k] for k in keys] for r in history] == [[r[k] for k in keys] for r in whole_history]
+    assert summary["threshold"] == whole_summary["threshold"]
+    for name in ("synth_b", "synth_c"):
+        for key in ("auc", "auc_ci", "sensitivity", "specificity", "ece"):
+            assert summary["sites"][name][key] == whole_summary["sites"][name][key], (name, key)
     client, run = mlflow_run(uri, summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    for key in ("val_auc", "train_loss", "learning_rate"):
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3]
-    experiment = client.get_experiment_by_name("brainmri")
+    experiment = client.get_experiment_by_name("brainmri-demo")
     assert len(client.search_runs([experiment.experiment_id])) == 1
+    for key in ("val_auc", "train_loss", "learning_rate"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3]
+    final_keys = [key for key in run.data.metrics if key.startswith(("val_synth", "test_synth"))]
+    assert len(final_keys) > 40
+    assert all(len(client.get_metric_history(run.info.run_id, key)) == 1 for key in final_keys)
+    # The same command once more: says it is finished, logs nothing, changes nothing.
+    third = subprocess.run(arguments, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0 and "this run already finished" in third.stderr, third.stderr[-2000:]
+    _, again = mlflow_run(uri, summary["mlflow_run_id"])
+    assert again.info.status == "FINISHED" and again.data.metrics == run.data.metrics
+    assert again.info.end_time == run.info.end_time
 
 
 @pytest.mark.parametrize("varies, mode, expected", [
@@ -251,7 +316,7 @@ def test_resume_after_interruption_logs_every_epoch_once(tmp_path, synthetic_sit
       "leakage=purge-train,crop=false"]),
 ])
 def test_ablation_variants(varies, mode, expected):
-    from train_distributed import ablation_variants
+    from training.ablation import ablation_variants
 
     variants = ablation_variants(varies, mode)
     assert [name for name, _ in variants] == expected
@@ -266,7 +331,7 @@ def test_ablation_variants(varies, mode, expected):
      ("p=0", ["--set", "augment.histogram_match_probability=0"])),
 ])
 def test_parse_named_variant(text, expected):
-    from train_distributed import parse_named_variant
+    from training.ablation import parse_named_variant
 
     assert parse_named_variant(text) == expected
 
@@ -274,9 +339,9 @@ def test_parse_named_variant(text, expected):
 @pytest.mark.parametrize("text", ["no-colon leakage=report-only", ": epochs=3", "name:", "name: epochs",
                                   "name: =3", "a b: epochs=3", "a/b: epochs=3"])
 def test_parse_named_variant_rejects(text):
-    from train_distributed import parse_named_variant
+    from training.ablation import parse_named_variant
 
-    with pytest.raises(click.UsageError, match="--variant"):
+    with pytest.raises(ValueError, match="--variant"):
         parse_named_variant(text)
 
 
@@ -302,7 +367,7 @@ def test_ablate_runs_each_variant_and_writes_results(tmp_path, synthetic_sites):
     assert "synth_c AUC (leak-free)" in text and "--set augment.histogram_match_probability=0" in text
     assert "--set leakage=report-only --set batch_size=8" in text
     config = json.loads((tmp_path / "abl" / "03-report-only" / "config.json").read_text())
-    assert config["leakage"] == "report-only" and config["batch_size"] == 8
+    assert config["data"]["leakage"] == "report-only" and config["trainer"]["batch_size"] == 8
     for entry in entries:
         auc = entry["summary"]["sites"]["synth_c"]["auc"]
         assert f"{auc:.3f}" in text
@@ -325,14 +390,14 @@ def test_nan_loss_fails_the_run_with_its_reason(tmp_path, synthetic_sites):
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
-def test_dataset_inputs_survive_a_concurrent_registration():
+def test_dataset_inputs_survive_a_concurrent_registration(monkeypatch):
     """Two runs registering one dataset at once: the loser retries instead of crashing."""
     import types
 
     import mlflow
 
     from datasets.records import Sample
-    from train_distributed import log_dataset_inputs
+    from training.tracking import Tracker
 
     calls = []
 
@@ -341,8 +406,12 @@ def test_dataset_inputs_survive_a_concurrent_registration():
         if len(calls) == 1:
             raise mlflow.exceptions.MlflowException("UNIQUE constraint failed: datasets.experiment_id")
 
-    tracker = types.SimpleNamespace(enabled=True, mlflow=mlflow, log_input=log_input)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    tracker = Tracker(False)
+    tracker.enabled, tracker.mlflow, tracker.run_id = True, mlflow, "run"
+    tracker.client = types.SimpleNamespace(log_inputs=lambda run_id, datasets: log_input(
+        types.SimpleNamespace(name=datasets[0].dataset.name), datasets[0].tags[0].value))
     site = types.SimpleNamespace(samples=[Sample("/x/a.png", "yes/a.png", "a", 1, "tumour", "0" * 64)],
                                  root="/x", digest=lambda: "abc")
-    log_dataset_inputs(tracker, {"a": site}, {"a": "train"})
+    tracker.log_datasets({"a": site}, {"a": "train"})
     assert calls == [("a", "train"), ("a", "train")]

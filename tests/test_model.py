@@ -4,15 +4,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train_distributed import TrainConfig, build_model, custom_objects
+from training.config import TrainConfig
+from training.model import build_model, custom_objects
 
 
 def tiny_config(**changes) -> TrainConfig:
-    return TrainConfig(image_size=32, weights="none", dense_units=8, **changes)
+    return TrainConfig.from_settings({"image_size": 32, "weights": "none", "dense_units": 8, **changes})
+
+
+def tiny_model(**changes):
+    config = tiny_config(**changes)
+    return build_model(config.model, config.data.image_size)
 
 
 def test_head_matches_the_seed_recipe():
-    model = build_model(tiny_config())
+    model = tiny_model()
     names = [layer.name for layer in model.layers]
     assert names[-5:] == ["global_max_pool", "dense", "dense_bn", "dropout", "tumour_probability"]
     assert model.get_layer("dropout").rate == 0.5
@@ -26,7 +32,7 @@ def test_head_matches_the_seed_recipe():
 def test_input_normalisation_and_round_trip(tmp_path, normalization):
     import keras
 
-    model = build_model(tiny_config(input_normalization=normalization))
+    model = tiny_model(input_normalization=normalization)
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 1)).astype(np.float32)
     before = np.asarray(model(images, training=False))
     assert before.shape == (2, 1) and np.all((before >= 0) & (before <= 1))
@@ -51,8 +57,8 @@ def test_per_image_standardisation_ignores_scanner_gain():
     ({"test_time_augmentation": "rotations"}, "test_time_augmentation"),
 ])
 def test_model_settings_are_validated(changes, message, synthetic_sites):
-    config = tiny_config(train_site=f"a={synthetic_sites['synth_a']}", val_site=f"b={synthetic_sites['synth_b']}")
-    config = TrainConfig.from_dict({**config.to_dict(), **changes})
+    config = tiny_config(train_site=f"a={synthetic_sites['synth_a']}", val_site=f"b={synthetic_sites['synth_b']}",
+                         **changes)
     with pytest.raises(ValueError, match=message):
         config.validate()
 
@@ -61,7 +67,8 @@ def test_model_settings_are_validated(changes, message, synthetic_sites):
 def test_test_time_augmentation_averages_the_flips(mode, views):
     import keras
 
-    from train_distributed import choose_strategy, make_predict_step, predict_site
+    from training.cluster import choose_strategy
+    from training.steps import make_predict_step, predict_site
 
     keras.utils.set_random_seed(3)
     inputs = keras.Input((8, 8, 1))

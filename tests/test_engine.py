@@ -1,0 +1,133 @@
+"""The training engine in-process: NaN handling, idempotent finish, damaged state, one run per config."""
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from training import loop
+from training.config import TrainConfig
+from training.faults import EXIT_NAN
+from training.state import StateError
+from training.tracking import Tracker
+
+
+def tiny_config(synthetic_sites, folder, **changes) -> TrainConfig:
+    settings = {"train_site": f"synth_a={synthetic_sites['synth_a']}",
+                "val_site": f"synth_b={synthetic_sites['synth_b']}",
+                "test_sites": [f"synth_c={synthetic_sites['synth_c']}"],
+                "image_size": 32, "batch_size": 16, "epochs": 2, "weights": "none", "dense_units": 16,
+                "bootstrap_resamples": 100, "log_model": False, "gradcam_examples": 1,
+                "output": str(folder / "run"), "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
+                "experiment": "engine", **changes}
+    return TrainConfig.from_settings(settings).validate()
+
+
+def runs_of(config: TrainConfig):
+    client = mlflow.tracking.MlflowClient(config.tracking.tracking_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    return client, (client.search_runs([experiment.experiment_id]) if experiment else [])
+
+
+class SimulatedKill(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no handler sees it."""
+
+
+@pytest.mark.slow
+def test_injected_nan_loss_fails_the_run_with_its_reason(tmp_path, synthetic_sites, monkeypatch):
+    real = loop.steps.make_train_chunk
+
+    def nan_after_first_step(*args, **kwargs):
+        chunk, calls = real(*args, **kwargs), []
+
+        def train_chunk(iterator, steps):
+            losses, probabilities, labels = chunk(iterator, steps)
+            calls.append(1)
+            return (losses * np.nan if len(calls) == 2 else losses), probabilities, labels
+
+        return train_chunk
+
+    monkeypatch.setattr(loop.steps, "make_train_chunk", nan_after_first_step)
+    config = tiny_config(synthetic_sites, tmp_path)
+    assert loop.run_training(config) == EXIT_NAN
+    _, runs = runs_of(config)
+    assert [run.info.status for run in runs] == ["FAILED"]
+    assert runs[0].data.tags["failure_reason"] == "loss became NaN at epoch 1, step 2"
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_finish_is_idempotent_and_a_finished_run_is_left_alone(tmp_path, synthetic_sites, monkeypatch, capsys):
+    config = tiny_config(synthetic_sites, tmp_path, log_model=True)
+    # Killed while the model is logged, after the evaluation metrics: the run stays RUNNING.
+    with monkeypatch.context() as patch:
+        patch.setattr(Tracker, "log_model", lambda self, model, images: (_ for _ in ()).throw(SimulatedKill()))
+        patch.setattr(Tracker, "end", lambda self, status: None)
+        patch.setattr(Tracker, "set_tags", lambda self, tags: None)
+        with pytest.raises(SimulatedKill):
+            loop.run_training(config)
+    client, (run,) = runs_of(config)
+    assert run.info.status == "RUNNING" and "test_synth_c_auc" in run.data.metrics
+    state = json.loads((tmp_path / "run" / "backup" / "state.json").read_text())
+    assert state["phase"] == "evaluating"
+    assert loop.run_training(config) == 0  # the same command again
+    client, (run,) = runs_of(config)
+    assert run.info.status == "FINISHED"
+    final = [key for key in run.data.metrics if key.startswith(("val_synth", "test_synth"))] + ["threshold"]
+    assert len(final) > 40
+    assert all(len(client.get_metric_history(run.info.run_id, key)) == 1 for key in final)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1, 2]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert run.data.metrics["test_synth_c_auc"] == pytest.approx(summary["sites"]["synth_c"]["auc"])
+    # Finished: once more logs nothing and keeps the status and end time.
+    capsys.readouterr()
+    assert loop.run_training(config) == 0
+    assert "this run already finished" in capsys.readouterr().err
+    _, (again,) = runs_of(config)
+    assert (again.info.status, again.info.end_time, again.data.metrics) == \
+        (run.info.status, run.info.end_time, run.data.metrics)
+    # Other settings into the same folder: refused, naming what differs.
+    with pytest.raises(StateError, match=r"seed: 0 -> 1; .*|.*seed: 0 -> 1"):
+        loop.run_training(config.replace(seed=1))
+    with pytest.raises(StateError, match="leakage: purge-train -> report-only"):
+        loop.run_training(config.replace(leakage="report-only"))
+    # Damaged state: a clear error naming the file; the finished MLflow run is not touched.
+    state_path = tmp_path / "run" / "backup" / "state.json"
+    state_path.write_text(state_path.read_text()[:40])
+    with pytest.raises(StateError, match=rf"{state_path} is damaged or incomplete .* delete"):
+        loop.run_training(config)
+    _, (after,) = runs_of(config)
+    assert (after.info.status, after.info.end_time) == (run.info.status, run.info.end_time)
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_named(tmp_path, synthetic_sites, monkeypatch):
+    config = tiny_config(synthetic_sites, tmp_path, epochs=3)
+    with monkeypatch.context() as patch:  # stop for good after epoch 1
+        patch.setattr(loop.StopSignal, "check", lambda self, where="": (_ for _ in ()).throw(SimulatedKill())
+                      if where == "epoch 1" else None)
+        patch.setattr(Tracker, "end", lambda self, status: None)
+        patch.setattr(Tracker, "set_tags", lambda self, tags: None)
+        with pytest.raises(SimulatedKill):
+            loop.run_training(config)
+    data_file, = (tmp_path / "run" / "backup").glob("ckpt-e1.data-*")
+    data_file.write_bytes(data_file.read_bytes()[:1000])
+    with pytest.raises(StateError, match=r"ckpt-e1.index is damaged or incomplete"):
+        loop.run_training(config)
+    _, (run,) = runs_of(config)
+    assert run.info.status == "RUNNING"  # the error came before the run was reopened
+
+
+@pytest.mark.slow
+def test_a_failure_before_training_leaves_nothing_in_the_way(tmp_path, synthetic_sites):
+    config = tiny_config(synthetic_sites, tmp_path, batch_size=64)  # 48 training images: not one batch
+    with pytest.raises(ValueError, match="fewer than one batch of 64"):
+        loop.run_training(config)
+    assert not (tmp_path / "run" / "backup" / "state.json").exists()
+    assert runs_of(config)[1] == []
+    fixed = config.replace(batch_size=16, epochs=1)  # the corrected command, same folder
+    assert loop.run_training(fixed) == 0
+    _, (run,) = runs_of(fixed)
+    assert run.info.status == "FINISHED" and run.data.params["batch_size"] == "16"

@@ -1,0 +1,381 @@
+"""The training job: prepare the data, fit with exact validation AUC, evaluate, finish.
+
+One run per output folder. ``backup/state.json`` holds the run's fingerprint
+(its defining settings and the content digests of its sites); the same
+command resumes it (or, once finished, says so and logs nothing), other
+settings are refused with the keys that differ. A run killed at any moment
+and started again ends with the same numbers as an uninterrupted one.
+
+Phases and where a stop signal is honoured:
+setup (loading, cropping, audit) -> training (after each step chunk) ->
+evaluating (between sites) -> finished.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training import steps
+from training.cluster import Cluster, choose_precision, choose_strategy, system_facts
+from training.config import TrainConfig
+from training.console import progress_printer, say
+from training.faults import EXIT_NAN, EXIT_REQUEUE, NanLossError, RequeueRequested, StopSignal
+from training.state import (CheckpointStore, Schedule, StateError, TrainState, advance_schedule, changed_settings,
+                            stop_reason, write_json_atomic)
+from training.tracking import Tracker
+
+
+@dataclasses.dataclass
+class RunData:
+    """The sites of a run after the leakage policy, and what the audit decided."""
+
+    sites: dict[str, Any]
+    roles: dict[str, str]
+    train_name: str
+    val_name: str
+    removed: dict[str, int]
+    digests: dict[str, str]
+    reference_names: list[str]
+    pool: np.ndarray | None
+    audit_paths: list[Path]
+
+
+def run_training(config: TrainConfig) -> int:
+    """The whole job for a validated config; returns the process exit status.
+
+    Raises ValueError (including StateError) for anything the user must change:
+    other settings in the output folder, damaged state files, too few images.
+    """
+    stop = StopSignal().install()
+    try:
+        return _run(config, stop)
+    except RequeueRequested as request:
+        say(f"{request}: nothing to save yet; exiting with status {EXIT_REQUEUE} for requeue")
+        return EXIT_REQUEUE
+    finally:
+        stop.restore()
+
+
+def _check_same_run(state: TrainState, settings: dict[str, str], output: Path) -> None:
+    stored = {key: value for key, value in state.fingerprint.items() if not key.startswith("site_digest.")}
+    differences = changed_settings(stored, settings)
+    if differences:
+        raise StateError(
+            f"{output} holds a run with other settings ({'; '.join(differences)}). Leave --output out "
+            f"(every configuration gets its own folder under runs/), choose another --output, or delete "
+            f"{output} to replace that run.")
+
+
+def _run(config: TrainConfig, stop: StopSignal) -> int:
+    import keras
+
+    output = Path(config.runtime.output)
+    cluster = choose_strategy(config.runtime.gpus, config.runtime.cpu_replicas)
+    chief = cluster.is_chief
+    store = CheckpointStore(output, chief=chief, worker_index=cluster.worker_index)
+    state = store.read_state()
+    settings = config.defining_settings()
+    tracking = config.tracking
+    if state is not None:
+        _check_same_run(state, settings, output)
+        if state.phase == "finished":
+            Tracker(chief, tracking.tracking_uri, tracking.experiment).mark_finished(state.run_id)
+            say(f"this run already finished (MLflow run {state.run_id}); results in {output / 'summary.json'}. "
+                f"Nothing was logged. To train again, delete {output} or choose another --output.", chief=chief)
+            return 0
+        if state.replicas != cluster.replicas:
+            raise StateError(f"{store.state_path} was written by {state.replicas} replica(s), this job has "
+                             f"{cluster.replicas}: resume with the same number of devices, or delete {output}")
+    if config.trainer.batch_size % cluster.replicas:
+        raise ValueError(f"batch size {config.trainer.batch_size} is not divisible by the "
+                         f"{cluster.replicas} replicas")
+    say(f"output {output}; strategy {cluster.name}: {cluster.replicas} replica(s) on {cluster.workers} "
+        f"worker(s); global batch {config.trainer.batch_size}", chief=chief)
+
+    data = prepare_data(config, cluster, stop, output)
+    fingerprint = {**settings, **{f"site_digest.{name}": digest for name, digest in data.digests.items()}}
+    if state is not None and changed_settings(state.fingerprint, fingerprint):
+        raise StateError(f"the files of a site changed since this run started "
+                         f"({'; '.join(changed_settings(state.fingerprint, fingerprint))}): choose another "
+                         f"--output for the new data, or delete {output} to start over")
+    train_site = data.sites[data.train_name]
+    steps_per_epoch = len(train_site.images) // config.trainer.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"training site has {len(train_site.images)} images after the leakage policy, fewer "
+                         f"than one batch of {config.trainer.batch_size}")
+
+    precision = choose_precision(config.runtime.mixed_precision, config.runtime.jit_compile)
+    precision.apply()
+    keras.utils.set_random_seed(config.seed)
+    model, optimizer = build_model_and_optimizer(config, cluster, precision.mixed)
+    class_weights = balanced_class_weights(train_site.labels) if config.trainer.class_weighting == "balanced" \
+        else (1.0, 1.0)
+    if config.trainer.class_weighting == "balanced":
+        say(f"class weights (no tumour, tumour): {class_weights[0]:.3f}, {class_weights[1]:.3f}", chief=chief)
+    train_chunk = steps.make_train_chunk(cluster, model, optimizer, global_batch=config.trainer.batch_size,
+                                         label_smoothing=config.trainer.label_smoothing,
+                                         class_weights=class_weights, jit_compile=precision.xla)
+    predict_step = steps.make_predict_step(cluster, model, config.evaluation.test_time_augmentation)
+    say(f"model {model.name}: {model.count_params():,} parameters, mixed precision "
+        f"{'on' if precision.mixed else 'off'}, XLA {'on' if precision.xla else 'off'}", chief=chief)
+
+    saved_scores = store.restore(state.checkpoint, model, optimizer) if state and state.checkpoint else None
+    tracker = Tracker(chief, tracking.tracking_uri, tracking.experiment)
+    if state is not None and chief and tracker.run_status(state.run_id) is None:
+        raise StateError(f"MLflow run {state.run_id} of {store.state_path} is not in {tracker.tracking_uri}: "
+                         f"resume with the tracking URI the run started with, or delete {output}")
+    tracker.start(state.run_id if state else "", tracking.run_name)
+    try:
+        if state is None:
+            state = TrainState(run_id=tracker.run_id, fingerprint=fingerprint, replicas=cluster.replicas,
+                               schedule=Schedule(learning_rate=config.trainer.learning_rate))
+            store.write_state(state)
+            if chief:
+                write_json_atomic(output / "config.json", config.to_dict())
+        else:
+            say(f"resuming run {state.run_id} ({state.phase}) at epoch {state.epoch + 1}, step {state.step}",
+                chief=chief)
+        if not state.setup_logged:
+            log_setup(config, cluster, tracker, data, output)
+            state.setup_logged = True
+            store.write_state(state)
+        fit(config, cluster, model, optimizer, store, state, data, tracker, stop, train_chunk, predict_step,
+            steps_per_epoch, saved_scores)
+        finish(config, cluster, model, store, state, data, tracker, stop, predict_step, output)
+        return 0
+    except RequeueRequested as request:
+        say(f"{request}: state saved ({state.phase if state else 'setup'}, epoch {state.epoch if state else 0}, "
+            f"step {state.step if state else 0}); exiting with status {EXIT_REQUEUE} for requeue", chief=chief)
+        tracker.set_tags({"requeued": "true"})
+        tracker.end("KILLED")
+        return EXIT_REQUEUE
+    except NanLossError as error:
+        tracker.set_tags({"failure_reason": str(error)})
+        tracker.end("FAILED")
+        say(f"error: {error}", chief=chief)
+        return EXIT_NAN
+    except BaseException as error:
+        tracker.set_tags({"failure_reason": f"{type(error).__name__}: {error}"[:5000]})
+        tracker.end("FAILED")
+        raise
+
+
+def prepare_data(config: TrainConfig, cluster: Cluster, stop: StopSignal, output: Path) -> RunData:
+    """Validate, crop and cache every site; audit leakage; apply the policy; the matching pool."""
+    from datasets.audit import apply_leakage_policy, audit_sites, write_audit_outputs
+    from datasets.cache import CropParams, load_sites
+
+    chief = cluster.is_chief
+    data = config.data
+    params = CropParams(image_size=data.image_size, margin=data.crop_margin, crop=data.crop,
+                        max_pixels=data.max_pixels)
+    roles = {name: role for role, name, _ in config.sites()}
+    sites = load_sites([(name, path) for _, name, path in config.sites()], params, cache_dir=data.cache_dir or None,
+                       report=lambda line: say(line, chief=chief),
+                       progress=progress_printer(chief, check=lambda: stop.check("loading")))
+    stop.check("loading")
+    digests = {name: site.digest() for name, site in sites.items()}
+    audit_result = audit_sites(sites, data.threshold_bits)
+    stop.check("the leakage audit")
+    train_name = next(name for name, role in roles.items() if role == "train")
+    val_name = next(name for name, role in roles.items() if role == "val")
+    eval_names = [name for name, role in roles.items() if role != "train"]
+    kept, removed = apply_leakage_policy(audit_result, {n: s.samples for n, s in sites.items()},
+                                         policy=data.leakage, train_site=train_name, eval_sites=eval_names)
+    audit_paths = write_audit_outputs(audit_result, sites, output) if chief else []
+    for name, site in list(sites.items()):
+        keep_keys = {sample.key for sample in kept[name]}
+        sites[name] = site.subset([i for i, s in enumerate(site.samples) if s.key in keep_keys])
+    say(f"leakage policy {data.leakage}: removed " + ", ".join(f"{name} {count}" for name, count in removed.items()),
+        chief=chief)
+    train_site = sites[train_name]
+    if chief:
+        np.savez(output / "train_hashes.npz", keys=np.array([s.key for s in train_site.samples]),
+                 hashes=train_site.hashes, threshold_bits=data.threshold_bits)
+    reference_names = [name for name in config.reference_site_names() if name != train_name] or \
+        config.reference_site_names()
+    pool = np.concatenate([sites[name].images for name in reference_names]) if reference_names else None
+    say(f"histogram-matching pool: {', '.join(reference_names)} ({0 if pool is None else len(pool)} images)",
+        chief=chief)
+    return RunData(sites, roles, train_name, val_name, removed, digests, reference_names, pool, audit_paths)
+
+
+def balanced_class_weights(labels: np.ndarray) -> tuple[float, float]:
+    """(no tumour, tumour) weights ``N / (2 * count)``, so both classes weigh the same in the loss.
+
+    A class with no images counts as one image (its weight is then unused).
+    """
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=2).astype(float)
+    return tuple(float(v) for v in counts.sum() / (2 * np.maximum(counts, 1)))
+
+
+def build_model_and_optimizer(config: TrainConfig, cluster: Cluster, mixed: bool):
+    """The model and Adam (loss-scaled under mixed precision), built in the strategy's scope."""
+    import keras
+
+    from training.model import build_model
+
+    with cluster.strategy.scope():
+        model = build_model(config.model, config.data.image_size, synchronized_batch_norm=cluster.replicas > 1)
+        optimizer = keras.optimizers.Adam(learning_rate=config.trainer.learning_rate)
+        if mixed:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def log_setup(config: TrainConfig, cluster: Cluster, tracker: Tracker, data: RunData, output: Path) -> None:
+    """What a new run logs once: params, system tags, datasets, the audit and the augmentation preview."""
+    from augment.preview import augment_preview_montage
+
+    tracker.log_params(config.flat_params())
+    tracker.set_tags({f"system.{k}": v for k, v in system_facts(cluster).items()})
+    for path in data.audit_paths:
+        tracker.log_artifact(path, artifact_path="audit")
+    tracker.log_metrics({f"leakage_removed_{name}": count for name, count in data.removed.items()})
+    tracker.log_metrics({f"images_{name}": len(site.samples) for name, site in data.sites.items()})
+    tracker.log_datasets(data.sites, data.roles)
+    tracker.log_params({"reference_pool_sites": ",".join(data.reference_names),
+                        "reference_pool_images": 0 if data.pool is None else len(data.pool)})
+    if cluster.is_chief:
+        import cv2
+
+        train_images = data.sites[data.train_name].images
+        rng = np.random.default_rng(config.seed)
+        chosen = train_images[rng.choice(len(train_images), min(4, len(train_images)), replace=False)]
+        preview = augment_preview_montage(chosen, data.pool if data.pool is not None else train_images,
+                                          config.augment, seed=config.seed)
+        cv2.imwrite(str(output / "augment_preview.png"), cv2.cvtColor(preview, cv2.COLOR_RGB2BGR))
+        tracker.log_artifact(output / "augment_preview.png")
+
+
+def fit(config: TrainConfig, cluster: Cluster, model, optimizer, store: CheckpointStore, state: TrainState,
+        data: RunData, tracker: Tracker, stop: StopSignal, train_chunk, predict_step, steps_per_epoch: int,
+        saved_scores: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Train epoch by epoch from ``state`` (model and optimizer already restored) until the schedule stops.
+
+    ``saved_scores``: training-set (probabilities, labels) of the interrupted epoch's finished steps.
+    """
+    import tensorflow as tf
+
+    from augment.pipeline import train_dataset
+    from eval.metrics import roc_auc
+
+    chief, trainer = cluster.is_chief, config.trainer
+    optimizer.learning_rate.assign(state.schedule.learning_rate)
+    logged = tracker.logged_steps("val_auc")  # a run killed between saving and logging an epoch
+    for record in state.history:
+        if record["epoch"] not in logged:
+            tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+    train_site, val_site = data.sites[data.train_name], data.sites[data.val_name]
+    images, labels = train_site.images, train_site.labels
+    agree = steps.make_agreement(cluster)
+    step_options = dict(per_replica_batch=trainer.batch_size // cluster.replicas, seed=config.seed,
+                        augment=config.augment, reference_pool=data.pool)
+
+    while state.phase == "training" and not stop_reason(state.schedule, state.epoch, trainer):
+        epoch, start_step = state.epoch, state.step
+
+        def dataset_fn(context):
+            dataset = train_dataset(images, labels, epoch=epoch, pipeline_id=context.input_pipeline_id,
+                                    num_pipelines=context.num_input_pipelines, **step_options)
+            return dataset.skip(start_step * cluster.local_replicas)
+
+        iterator = iter(cluster.strategy.distribute_datasets_from_function(dataset_fn))
+        epoch_start = time.time()
+        step, seen = start_step, 0
+        probabilities, truths = [], []
+        if start_step and saved_scores is not None:
+            probabilities, truths = [saved_scores[0]], [saved_scores[1]]
+        saved_scores = None
+        while step < steps_per_epoch:
+            chunk = min(config.runtime.steps_per_execution, steps_per_epoch - step)
+            losses, probs, batch_labels = train_chunk(iterator, tf.constant(chunk))
+            losses = losses.numpy()
+            if not np.all(np.isfinite(losses)):
+                raise NanLossError(f"loss became NaN at epoch {epoch + 1}, step {step + 1}")
+            state.loss_sum += float(losses.sum())
+            state.loss_steps += len(losses)
+            probabilities.append(probs.numpy())
+            truths.append(batch_labels.numpy())
+            step += chunk
+            seen += chunk * trainer.batch_size
+            if agree(stop.requested):
+                name = f"ckpt-e{epoch}-s{step}"
+                store.save(name, model, optimizer, (np.concatenate(probabilities), np.concatenate(truths)))
+                state.step, state.checkpoint = step, name
+                store.write_state(state)
+                store.prune(name)
+                raise RequeueRequested(f"{stop.signal_name or 'stop'} received at epoch {epoch + 1}, step {step}")
+        train_seconds = time.time() - epoch_start
+        val_scores = steps.predict_site(cluster, predict_step, val_site.images, trainer.batch_size)
+        val_auc = roc_auc(val_site.labels, val_scores)
+        epoch_seconds = time.time() - epoch_start
+        train_probs, train_truth = np.concatenate(probabilities), np.concatenate(truths)
+        record = {"epoch": epoch + 1, "train_loss": state.loss_sum / max(state.loss_steps, 1),
+                  "train_auc": roc_auc(train_truth.astype(int), train_probs), "val_auc": val_auc,
+                  "learning_rate": float(state.schedule.learning_rate), "epoch_seconds": epoch_seconds,
+                  "images_per_second": seen / max(train_seconds, 1e-9)}
+        schedule = advance_schedule(state.schedule, epoch + 1, val_auc, trainer)
+        if schedule.improved:
+            store.save_best(model)
+        optimizer.learning_rate.assign(schedule.learning_rate)
+        state.schedule = schedule
+        state.history.append(record)
+        state.epoch, state.step, state.loss_sum, state.loss_steps = epoch + 1, 0, 0.0, 0
+        name = f"ckpt-e{epoch + 1}"
+        store.save(name, model, optimizer)
+        state.checkpoint = name
+        store.write_state(state)
+        store.prune(name)
+        tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+        say(f"epoch {epoch + 1}/{trainer.epochs}: loss {record['train_loss']:.4f} train AUC "
+            f"{record['train_auc']:.3f} val {data.val_name} AUC {val_auc:.4f}{' *' if schedule.improved else ''} "
+            f"lr {record['learning_rate']:.2g} {epoch_seconds:.0f} s "
+            f"({record['images_per_second']:.0f} img/s)", chief=chief)
+        stop.check(f"epoch {epoch + 1}")
+    if state.phase == "training":
+        reason = stop_reason(state.schedule, state.epoch, trainer)
+        if reason.startswith("early stop"):
+            say(reason, chief=chief)
+        state.phase = "evaluating"
+        store.write_state(state)
+
+
+def finish(config: TrainConfig, cluster: Cluster, model, store: CheckpointStore, state: TrainState, data: RunData,
+           tracker: Tracker, stop: StopSignal, predict_step, output: Path) -> None:
+    """Best weights, the evaluation of every val/test site, model and summary; each logged once."""
+    from training.evaluation import evaluate_and_report, results_table
+
+    chief = cluster.is_chief
+    store.restore_best(model)
+    say(f"restored best weights of epoch {state.schedule.best_epoch} (val AUC {state.schedule.best_auc:.4f})",
+        chief=chief)
+    train_site = data.sites[data.train_name]
+    summary = evaluate_and_report(config, cluster, tracker, model, predict_step, data.sites, data.roles, output,
+                                  train_site.hashes, config.data.threshold_bits, check_stop=stop.check)
+    summary.update(epochs_run=state.epoch, best_epoch=state.schedule.best_epoch, mlflow_run_id=state.run_id,
+                   model_path=str(output / "model.keras"), removed=data.removed)
+    summary["sites"][data.train_name] = {"role": "train", "images": len(train_site.samples),
+                                         "removed_by_leakage_policy": data.removed.get(data.train_name, 0),
+                                         "bad_files": len(train_site.bad_files)}
+    if not chief:
+        return
+    stop.check("writing the results")
+    model.save(output / "model.keras")
+    write_json_atomic(output / "config.json", config.to_dict())
+    write_json_atomic(output / "summary.json", summary)
+    tracker.log_artifact(output / "summary.json")
+    tracker.log_artifact(output / "config.json")
+    tracker.log_metrics_once({"epochs_run": state.epoch, "best_epoch": state.schedule.best_epoch})
+    if config.tracking.log_model:
+        tracker.log_model(model, data.sites[data.val_name].images[:2])
+    state.phase = "finished"
+    store.write_state(state)
+    tracker.end("FINISHED")
+    say(results_table(summary))
+    say(f"done: {output / 'summary.json'}  (MLflow run {state.run_id})")
