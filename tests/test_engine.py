@@ -106,8 +106,14 @@ def test_finish_is_idempotent_and_a_finished_run_is_left_alone(tmp_path, synthet
 def test_a_damaged_checkpoint_is_named(tmp_path, synthetic_sites, monkeypatch):
     config = tiny_config(synthetic_sites, tmp_path, epochs=3)
     with monkeypatch.context() as patch:  # stop for good after epoch 1
-        patch.setattr(loop.StopSignal, "check", lambda self, where="": (_ for _ in ()).throw(SimulatedKill())
-                      if where == "epoch 1" else None)
+        real_prune = loop.CheckpointStore.prune
+
+        def prune_then_die(self, keep):
+            real_prune(self, keep)
+            if keep == "ckpt-e1":
+                raise SimulatedKill()
+
+        patch.setattr(loop.CheckpointStore, "prune", prune_then_die)
         patch.setattr(Tracker, "end", lambda self, status: None)
         patch.setattr(Tracker, "set_tags", lambda self, tags: None)
         with pytest.raises(SimulatedKill):

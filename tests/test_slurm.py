@@ -129,14 +129,14 @@ def preempt_after_first_epoch(cluster, folder: Path, job_id: int, epochs: int) -
         assert time.monotonic() < deadline, "epoch 1 did not finish in time"
         time.sleep(0.2)
     cluster.command("scancel", "--signal=USR1", "--batch", str(job_id))
-    return json.loads((folder / "run" / "backup" / "run.json").read_text())["run_id"]
+    return json.loads((folder / "run" / "backup" / "state.json").read_text())["run_id"]
 
 
 def check_resumed_run(cluster, folder: Path, job_id: int, first_run_id: str, epochs: int):
     """The job requeued once, resumed into the same run and logged every epoch exactly once."""
     fields, log = finished_job(cluster, folder, job_id)
     assert fields["Restarts"] == "1", f"the signal came too late to stop training?\n{log[-3000:]}"
-    assert "SIGUSR1 received: state saved at epoch" in log
+    assert "SIGUSR1 received at epoch" in log and "state saved (training" in log
     assert log.count(f"requeueing job {job_id}") == 1  # the finished job does not requeue
     assert f"resuming run {first_run_id}" in log
     summary = json.loads((folder / "run" / "summary.json").read_text())

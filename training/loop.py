@@ -337,7 +337,8 @@ def fit(config: TrainConfig, cluster: Cluster, model, optimizer, store: Checkpoi
             f"{record['train_auc']:.3f} val {data.val_name} AUC {val_auc:.4f}{' *' if schedule.improved else ''} "
             f"lr {record['learning_rate']:.2g} {epoch_seconds:.0f} s "
             f"({record['images_per_second']:.0f} img/s)", chief=chief)
-        stop.check(f"epoch {epoch + 1}")
+        if agree(stop.requested):  # all workers stop at the same point, or none does
+            raise RequeueRequested(f"{stop.signal_name or 'stop'} received after epoch {epoch + 1}")
     if state.phase == "training":
         reason = stop_reason(state.schedule, state.epoch, trainer)
         if reason.startswith("early stop"):
@@ -356,8 +357,14 @@ def finish(config: TrainConfig, cluster: Cluster, model, store: CheckpointStore,
     say(f"restored best weights of epoch {state.schedule.best_epoch} (val AUC {state.schedule.best_auc:.4f})",
         chief=chief)
     train_site = data.sites[data.train_name]
+    agree = steps.make_agreement(cluster)
+
+    def check_stop(where: str) -> None:  # predictions are collective: every worker stops or none
+        if agree(stop.requested):
+            raise RequeueRequested(f"{stop.signal_name or 'stop'} received during {where}")
+
     summary = evaluate_and_report(config, cluster, tracker, model, predict_step, data.sites, data.roles, output,
-                                  train_site.hashes, config.data.threshold_bits, check_stop=stop.check)
+                                  train_site.hashes, config.data.threshold_bits, check_stop=check_stop)
     summary.update(epochs_run=state.epoch, best_epoch=state.schedule.best_epoch, mlflow_run_id=state.run_id,
                    model_path=str(output / "model.keras"), removed=data.removed)
     summary["sites"][data.train_name] = {"role": "train", "images": len(train_site.samples),

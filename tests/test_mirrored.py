@@ -1,0 +1,62 @@
+"""MirroredStrategy on two logical CPU devices: the same numbers as one replica, and the real CLI on it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def one_and_two_replicas():
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "mirrored_check.py")], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_two_replicas_at_the_same_global_batch_match_one(one_and_two_replicas):
+    one, two = one_and_two_replicas["1"], one_and_two_replicas["2"]
+    assert (one["strategy"], one["replicas"], two["strategy"], two["replicas"]) == ("default", 1, "MirroredStrategy", 2)
+    # every BatchNormalization of ResNet50 and the head uses global-batch statistics on 2 replicas only
+    assert one["synchronized"] == 0 and two["synchronized"] == 54
+    # the real model: the first step's loss and gathered probabilities (later steps of a from-scratch
+    # ResNet50 on noise amplify float-rounding differences, as between two orders of summation on one device)
+    assert abs(one["first_loss"] - two["first_loss"]) < 1e-4
+    assert np.abs(np.array(one["first_probabilities"]) - np.array(two["first_probabilities"])).max() < 2e-4
+    # a small BatchNorm network with Adam: per-step losses over four steps
+    np.testing.assert_allclose(two["small_losses"], one["small_losses"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_exact_auc_gathered_from_two_replicas_equals_one(one_and_two_replicas):
+    one, two = one_and_two_replicas["1"], one_and_two_replicas["2"]
+    np.testing.assert_array_equal(one["scores"], two["scores"])  # every image once, in input order
+    assert one["auc"] == two["auc"]
+
+
+@pytest.mark.slow
+def test_train_with_cpu_replicas_runs_mirrored_strategy(tmp_path, synthetic_sites):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train_distributed.py"), "train", "--cpu-replicas", "2",
+         "--train-site", f"synth_a={synthetic_sites['synth_a']}", "--val-site", f"synth_b={synthetic_sites['synth_b']}",
+         "--test-site", f"synth_c={synthetic_sites['synth_c']}", "--image-size", "32", "--batch-size", "16",
+         "--weights", "none", "--epochs", "1", "--output", str(tmp_path / "run"), "--tracking-uri", uri,
+         "--set", "bootstrap_resamples=100", "--set", "log_model=false", "--set", "gradcam_examples=1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "strategy MirroredStrategy: 2 replica(s) on 1 worker(s)" in result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["sites"]["synth_c"]["images"] == 48
+    run = mlflow.tracking.MlflowClient(uri).get_run(summary["mlflow_run_id"])
+    assert (run.data.tags["system.strategy"], run.data.tags["system.replicas"]) == ("MirroredStrategy", "2")
+    assert run.info.status == "FINISHED"
