@@ -301,7 +301,14 @@ def compare(experiment, tracking_uri, output) -> None:
     from eval.compare import collect_runs, comparison_table, format_markdown_table, write_comparison
     from training.tracking import resolve_tracking_uri
 
-    runs = collect_runs(experiment, resolve_tracking_uri(tracking_uri))
+    from training.mlflow_store import sqlite_path
+
+    uri = resolve_tracking_uri(tracking_uri)
+    with usage_errors():
+        database = sqlite_path(uri)
+        if database is not None and not database.is_file():
+            raise ValueError(f"no MLflow store at {database} (tracking URI {uri}); train first or pass --tracking-uri")
+        runs = collect_runs(experiment, uri)
     if not runs:
         raise click.UsageError(f"experiment {experiment!r} has no runs")
     rows = comparison_table(runs)

@@ -54,6 +54,7 @@ FAST = ["--image-size", "32", "--batch-size", "16", "--weights", "none", "--set"
     (["train", "--config", "list.json"], "must hold a mapping of settings"),
     (["audit", "--site", "Bad Name=x"], "lower-case"),
     (["audit", "--site", "good=A", "--site", "good=B"], "given more than once: good"),
+    (["compare", "--experiment", "nosuchexp", "--tracking-uri", "sqlite:///absent.db"], "no MLflow store at"),
 ])
 def test_bad_configuration_is_a_usage_error(arguments, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -66,6 +67,7 @@ def test_bad_configuration_is_a_usage_error(arguments, message, tmp_path, monkey
     assert message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()  # rejected before any work (no demo data written)
+    assert not (tmp_path / "absent.db").exists()
 
 
 def test_config_file_and_flags(tmp_path, monkeypatch, synthetic_sites):

@@ -137,3 +137,27 @@ def test_a_failure_before_training_leaves_nothing_in_the_way(tmp_path, synthetic
     assert loop.run_training(fixed) == 0
     _, (run,) = runs_of(fixed)
     assert run.info.status == "FINISHED" and run.data.params["batch_size"] == "16"
+
+
+def test_a_stop_signal_while_loading_exits_for_requeue_and_leaves_nothing(tmp_path, synthetic_sites, monkeypatch):
+    import os
+    import signal
+
+    import datasets.cache
+
+    from training.faults import EXIT_REQUEUE
+
+    real = datasets.cache.load_site
+
+    def load_site_signalled(name, root, params, *, cache_dir=None, progress=None, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # what SLURM sends before the time limit
+        progress(0, 48)  # the decoding progress callback checks for it
+        return real(name, root, params, cache_dir=cache_dir, **kwargs)
+
+    monkeypatch.setattr(datasets.cache, "load_site", load_site_signalled)
+    config = tiny_config(synthetic_sites, tmp_path)
+    previous = signal.getsignal(signal.SIGTERM)
+    assert loop.run_training(config) == EXIT_REQUEUE
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+    assert not (tmp_path / "run" / "backup" / "state.json").exists()
+    assert runs_of(config)[1] == []
