@@ -85,3 +85,23 @@ def test_test_time_augmentation_averages_the_flips(mode, views):
     if mode == "flips":
         plain = model.predict(batch, verbose=0)[:, 0]
         assert np.abs(scores - plain).max() > 1e-4
+
+
+def test_a_saved_model_loads_in_a_fresh_process_that_imports_the_model_module(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = tiny_model(input_normalization="per_image")
+    images = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 1)).astype(np.float32)
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "images.npy", images)
+    code = ("import sys, numpy as np, keras; sys.path.insert(0, sys.argv[1]); import training.model; "
+            "m = keras.models.load_model(sys.argv[2]); "
+            "print(repr(np.asarray(m(np.load(sys.argv[3]), training=False))[:, 0].tolist()))")
+    result = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[1]),
+                             str(tmp_path / "model.keras"), str(tmp_path / "images.npy")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = eval(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(loaded, np.asarray(model(images, training=False))[:, 0], atol=1e-6)
