@@ -375,23 +375,6 @@ def test_ablate_runs_each_variant_and_writes_results(tmp_path, synthetic_sites):
         assert f"{auc:.3f}" in text
 
 
-@pytest.mark.slow
-def test_nan_loss_fails_the_run_with_its_reason(tmp_path, synthetic_sites):
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_cli(["train", "--train-site", f"synth_a={synthetic_sites['synth_a']}",
-                      "--val-site", f"synth_b={synthetic_sites['synth_b']}", *FAST, "--epochs", "3",
-                      "--output", str(tmp_path / "run"), "--tracking-uri", uri, "--experiment", "nan",
-                      "--set", "learning_rate=1e30"], cwd=tmp_path)
-    assert result.returncode == 4, result.stderr[-3000:]
-    assert "loss became NaN" in result.stderr
-    client = mlflow.tracking.MlflowClient(uri)
-    run, = client.search_runs([client.get_experiment_by_name("nan").experiment_id])
-    assert run.info.status == "FAILED" and "NaN" in run.data.tags["failure_reason"]
-    assert not (tmp_path / "run" / "summary.json").exists()
-
-
 def test_dataset_inputs_survive_a_concurrent_registration(monkeypatch):
     """Two runs registering one dataset at once: the loser retries instead of crashing."""
     import types
