@@ -98,10 +98,10 @@ def _run(config: TrainConfig, stop: StopSignal) -> int:
 
     data = prepare_data(config, cluster, stop, output)
     fingerprint = {**settings, **{f"site_digest.{name}": digest for name, digest in data.digests.items()}}
-    if state is not None and changed_settings(state.fingerprint, fingerprint):
-        raise StateError(f"the files of a site changed since this run started "
-                         f"({'; '.join(changed_settings(state.fingerprint, fingerprint))}): choose another "
-                         f"--output for the new data, or delete {output} to start over")
+    changed = changed_settings(state.fingerprint, fingerprint) if state is not None else []
+    if changed:
+        raise StateError(f"the files of a site changed since this run started ({'; '.join(changed)}): choose "
+                         f"another --output for the new data, or delete {output} to start over")
     train_site = data.sites[data.train_name]
     steps_per_epoch = len(train_site.images) // config.trainer.batch_size
     if steps_per_epoch < 1:
@@ -112,9 +112,9 @@ def _run(config: TrainConfig, stop: StopSignal) -> int:
     precision.apply()
     keras.utils.set_random_seed(config.seed)
     model, optimizer = build_model_and_optimizer(config, cluster, precision.mixed)
-    class_weights = balanced_class_weights(train_site.labels) if config.trainer.class_weighting == "balanced" \
-        else (1.0, 1.0)
+    class_weights = (1.0, 1.0)
     if config.trainer.class_weighting == "balanced":
+        class_weights = balanced_class_weights(train_site.labels)
         say(f"class weights (no tumour, tumour): {class_weights[0]:.3f}, {class_weights[1]:.3f}", chief=chief)
     train_chunk = steps.make_train_chunk(cluster, model, optimizer, global_batch=config.trainer.batch_size,
                                          label_smoothing=config.trainer.label_smoothing,
@@ -374,7 +374,6 @@ def finish(config: TrainConfig, cluster: Cluster, model, store: CheckpointStore,
         return
     stop.check("writing the results")
     model.save(output / "model.keras")
-    write_json_atomic(output / "config.json", config.to_dict())
     write_json_atomic(output / "summary.json", summary)
     tracker.log_artifact(output / "summary.json")
     tracker.log_artifact(output / "config.json")
