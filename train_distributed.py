@@ -93,19 +93,32 @@ def cli() -> None:
               help="Hamming distance threshold (default: built-in, 28).")
 @click.option("--cache-dir", default="", help="Crop cache folder (default $BRAINMRI_CACHE or ~/.cache/brainmri).")
 @click.option("--no-crop", is_flag=True, help="Hash whole images instead of brain crops.")
-def audit(site_values, output, image_size, threshold_bits, cache_dir, no_crop) -> None:
-    """Find near-duplicate images within and across sites (leakage audit)."""
-    from datasets.audit import audit_sites, format_audit_table, write_audit_outputs
+@click.option("--train-site", "train_name", default="", metavar="NAME",
+              help="The --site the shortcut baseline is fit on (default: the first).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and the classifiers.")
+def audit(site_values, output, image_size, threshold_bits, cache_dir, no_crop, train_name, seed) -> None:
+    """Audit sites: near-duplicates within and across sites (leakage) and shortcuts (image statistics vs label)."""
+    from datasets.audit import audit_shortcuts, audit_sites, format_audit_table, write_audit_outputs
     from datasets.cache import load_sites
     from datasets.phash import DEFAULT_THRESHOLD_BITS
+    from datasets.shortcuts import format_shortcut_table
 
     specs = site_specs(site_values)
+    train_name = train_name or specs[0][0]
+    if train_name not in [name for name, _ in specs]:
+        raise click.UsageError(f"--train-site {train_name!r} is not one of the --site names")
     with usage_errors():
         sites = load_sites(specs, crop_params(image_size, crop=not no_crop), cache_dir=cache_dir or None,
                            report=lambda line: click.echo(line, err=True), progress=console_progress())
-    result = audit_sites(sites, DEFAULT_THRESHOLD_BITS if threshold_bits is None else threshold_bits)
-    paths = write_audit_outputs(result, sites, Path(output))
+    bits = DEFAULT_THRESHOLD_BITS if threshold_bits is None else threshold_bits
+    result = audit_sites(sites, bits)
+    click.echo("shortcut audit...", err=True)
+    shortcuts = audit_shortcuts(sites, train_name, seed=seed, threshold_bits=bits)
+    paths = write_audit_outputs(result, sites, Path(output), {"shortcuts": shortcuts})
     click.echo(format_audit_table(result))
+    click.echo("")
+    click.echo("Shortcut audit: AUC of non-anatomical image statistics alone for tumour vs no tumour")
+    click.echo(format_shortcut_table(shortcuts))
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
@@ -256,14 +269,16 @@ def demo_settings(folder: Path) -> dict[str, Any]:
 
 
 @cli.command()
-@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="A saved model.keras.")
+@click.option("--model", "model_paths", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="A saved model.keras; repeat it for a seed ensemble (probabilities averaged, one row).")
 @click.option("--site", "site_values", multiple=True, required=True, metavar="NAME=PATH", help="Repeatable.")
 @click.option("--val-site", "val_name", default="", help="Name of the --site used to choose the threshold.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Decision threshold (default: from the model's run).")
 @click.option("--train-hashes", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="train_hashes.npz of the training run, to mark leaked images (default: next to the model).")
+              help="train_hashes.npz of the training run: leaked and source-disjoint images, shortcut baseline "
+                   "(default: next to the model).")
 @click.option("--output", type=click.Path(file_okay=False), default="evaluation", show_default=True)
 @click.option("--tracking-uri", default="")
 @click.option("--experiment", default="", help="Log the evaluation as an MLflow run of this experiment.")
@@ -272,16 +287,16 @@ def demo_settings(folder: Path) -> dict[str, Any]:
 @click.option("--tta", "test_time_augmentation", type=click.Choice(TEST_TIME_AUGMENTATIONS), default=None,
               help="Test-time augmentation: 'flips' averages the four flips of each image "
                    "(default: as the model's run did, else none).")
-def evaluate(model_path, site_values, val_name, threshold, train_hashes, output, tracking_uri, experiment,
+def evaluate(model_paths, site_values, val_name, threshold, train_hashes, output, tracking_uri, experiment,
              cache_dir, seed, test_time_augmentation) -> None:
-    """Evaluate a saved model on any sites and write the report."""
+    """Evaluate a saved model (or a seed ensemble of several) on any sites and write the report."""
     from training.evaluation import evaluate_saved_model, results_table
 
     specs = site_specs(site_values)
     if val_name and val_name not in [name for name, _ in specs]:
         raise click.UsageError(f"--val-site {val_name!r} is not one of the --site names")
     with usage_errors():
-        summary = evaluate_saved_model(model_path, specs, val_name=val_name, threshold=threshold,
+        summary = evaluate_saved_model(model_paths, specs, val_name=val_name, threshold=threshold,
                                        train_hashes=train_hashes, output=Path(output), tracking_uri=tracking_uri,
                                        experiment=experiment, cache_dir=cache_dir, seed=seed,
                                        test_time_augmentation=test_time_augmentation,
@@ -298,7 +313,7 @@ def evaluate(model_path, site_values, val_name, threshold, train_hashes, output,
 @click.option("--output", type=click.Path(file_okay=False), default="compare", show_default=True)
 def compare(experiment, tracking_uri, output) -> None:
     """Runs-by-sites table of AUC with confidence intervals from MLflow."""
-    from eval.compare import collect_runs, comparison_table, format_markdown_table, write_comparison
+    from eval.compare import SUBSET_VALUES, collect_runs, comparison_table, format_markdown_table, write_comparison
     from training.tracking import resolve_tracking_uri
 
     from training.mlflow_store import sqlite_path
@@ -312,7 +327,8 @@ def compare(experiment, tracking_uri, output) -> None:
     if not runs:
         raise click.UsageError(f"experiment {experiment!r} has no runs")
     rows = comparison_table(runs)
-    click.echo(format_markdown_table(rows))
+    for value, title in SUBSET_VALUES:
+        click.echo(f"{title}:\n{format_markdown_table(rows, value)}\n")
     paths = write_comparison(rows, Path(output))
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
@@ -325,9 +341,12 @@ def compare(experiment, tracking_uri, output) -> None:
               help="A run that changes several keys together, e.g. 'report-only: leakage=report-only "
                    "epochs=6' (same number of optimizer steps); repeatable, runs after the --vary runs.")
 @click.option("--mode", type=click.Choice(["one-at-a-time", "grid"]), default="one-at-a-time", show_default=True)
+@click.option("--seeds", "seeds_text", default="", metavar="S1,S2,...",
+              help="Run every variant once per seed, e.g. 0,1,2; tables show mean, sd and each seed, and "
+                   "whether a difference exceeds seed variation.")
 @click.option("--title", default="Cross-site results", show_default=True)
 @click.argument("train_arguments", nargs=-1, type=click.UNPROCESSED)
-def ablate(output, varies, named_variants, mode, title, train_arguments) -> None:
+def ablate(output, varies, named_variants, mode, seeds_text, title, train_arguments) -> None:
     """Run ``train`` once per variant and write RESULTS.md and results.json.
 
     Everything after the options is passed to ``train`` (sites, epochs, --set ...). Example:
@@ -336,16 +355,15 @@ def ablate(output, varies, named_variants, mode, title, train_arguments) -> None
         train_distributed.py ablate --output abl --vary leakage=report-only --vary crop=false
         -- --train-site br35h=... --val-site nav=... --test-site mos=... --weights none
     """
-    from training.ablation import ablation_plan, run_ablation
+    from training.ablation import ablation_plan, check_ablation_arguments, parse_seeds, run_ablation
 
     with usage_errors():
         plan = ablation_plan(varies, named_variants, mode)
-        if any(a in ("--output", "--run-name") or a.startswith(("--output=", "--run-name="))
-               for a in train_arguments):
-            raise ValueError("ablate sets --output and --run-name of each run itself")
+        seeds = parse_seeds(seeds_text) if seeds_text else []
+        check_ablation_arguments(plan, train_arguments, seeds)
     try:
         text = run_ablation(plan, train_arguments, Path(output), title, Path(__file__).resolve(),
-                            say=lambda line: click.echo(line, err=True))
+                            say=lambda line: click.echo(line, err=True), seeds=seeds)
     except RuntimeError as error:
         raise click.ClickException(str(error)) from None
     click.echo(text)

@@ -454,11 +454,46 @@ def audit_sites(sites: Mapping[str, Any], threshold_bits: int = DEFAULT_THRESHOL
                       for name, site in sites.items()], threshold_bits=threshold_bits)
 
 
-def write_audit_outputs(result: AuditResult, sites: Mapping[str, Any], output: Path) -> list[Path]:
-    """``audit.json``, ``audit_pairs.png`` and ``bad_files.json`` into ``output``; returns their paths."""
+def audit_shortcuts(sites: Mapping[str, Any], train_site: str, *, n_resamples: int = 1000, seed: int = 0,
+                    train_site_hashes: np.ndarray | None = None, threshold_bits: int = DEFAULT_THRESHOLD_BITS) -> dict:
+    """:func:`datasets.shortcuts.shortcut_audit` on loaded sites (``CachedSite`` with ``features``) by name.
+
+    The baseline is fit on ``sites[train_site]`` as passed: give the training
+    set that was used (after the leakage policy) to measure what a model
+    trained on it could score without anatomy.
+
+    Each other site also gets ``baseline_source_disjoint``: the baseline's
+    AUC on its images with no near-duplicate among ``train_site_hashes``
+    (default: the hashes of ``sites[train_site]``), with ``images``. A
+    baseline fit on files that include copies of an evaluation site's images
+    recognises the copies; on the source-disjoint images it measures the
+    shortcut alone.
+    """
+    from datasets.shortcuts import json_ready, shortcut_audit, shortcut_baseline
+
+    result = shortcut_audit({name: (site.features, site.labels) for name, site in sites.items()}, train_site,
+                            n_resamples=n_resamples, seed=seed)
+    train = sites[train_site]
+    reference = train.hashes if train_site_hashes is None else train_site_hashes
+    for name, site in sites.items():
+        if name == train_site:
+            continue
+        keep = ~leaked_flags(site.hashes, reference, threshold_bits)
+        disjoint = shortcut_baseline(train.features, train.labels, site.features[keep], site.labels[keep],
+                                     n_resamples=n_resamples, seed=seed)
+        result["sites"][name]["baseline_source_disjoint"] = json_ready({**disjoint, "images": int(keep.sum())})
+    return result
+
+
+def write_audit_outputs(result: AuditResult, sites: Mapping[str, Any], output: Path,
+                        extra: Mapping[str, Any] | None = None) -> list[Path]:
+    """``audit.json``, ``audit_pairs.png`` and ``bad_files.json`` into ``output``; returns their paths.
+
+    ``extra``: more top-level keys of ``audit.json`` (``shortcuts``, ``quality``).
+    """
     output.mkdir(parents=True, exist_ok=True)
     paths = [output / "audit.json", output / "audit_pairs.png", output / "bad_files.json"]
-    paths[0].write_text(json.dumps(result.to_json(), indent=1))
+    paths[0].write_text(json.dumps({**result.to_json(), **(extra or {})}, indent=1))
     index = {sample.key: (site, row) for site in sites.values() for row, sample in enumerate(site.samples)}
 
     def load(key: str) -> np.ndarray:

@@ -7,7 +7,9 @@ Layout on disk (``CACHE`` defaults to ``~/.cache/brainmri`` or
         images.npy   (N, size, size) uint8 crops, in sample order
         boxes.npy    (N, 4) int32 crop boxes (x0, y0, x1, y1) in the original
         hashes.npy   (N, W) uint64 perceptual hashes of the crops (leakage audit)
-        meta.json    content hashes, crop flags and the bad files of the bundle
+        features.npy (N, F) float64 shortcut features of the original files
+                     (``datasets.shortcuts.FEATURE_NAMES``; NaN where one does not apply)
+        meta.json    content hashes, crop flags, feature names and the bad files of the bundle
 
 A bundle is keyed by the crop parameters and by the sorted SHA-256 content
 hashes of the site's files, so renaming or moving files keeps the cache, and
@@ -34,10 +36,12 @@ import numpy as np
 
 from datasets.records import BadFile, Sample
 from datasets.sites import Candidate, check_classes, open_site
+from datasets.shortcuts import FEATURE_NAMES
 from datasets.validation import DEFAULT_MAX_PIXELS
 
-#: Bumped when the crop or hash algorithm changes, so old bundles are not reused.
-CACHE_VERSION = 1
+#: Bumped when the crop, hash or feature algorithm changes, so old bundles are not reused.
+#: 2: shortcut features (``features.npy``).
+CACHE_VERSION = 2
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -49,7 +53,7 @@ def default_cache_dir() -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class CropParams:
-    """Everything that changes the cached pixels."""
+    """Everything that changes the cached pixels (the digest adds the cache version and feature names)."""
 
     image_size: int = 224
     margin: float = 0.0
@@ -58,7 +62,8 @@ class CropParams:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def digest(self) -> str:
-        text = json.dumps({**dataclasses.asdict(self), "version": CACHE_VERSION}, sort_keys=True)
+        text = json.dumps({**dataclasses.asdict(self), "version": CACHE_VERSION, "features": FEATURE_NAMES},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -74,6 +79,8 @@ class CachedSite:
         boxes: (N, 4) int32 crop boxes in original pixel coordinates.
         flags: N crop flags (``"ok"``, ``"blank"``, ``"no_contour"``, ``"touches_border"``).
         hashes: (N, W) uint64 perceptual hashes.
+        features: (N, F) float64 shortcut features of the original files, columns
+            ``datasets.shortcuts.FEATURE_NAMES`` (see ``image_features``).
         bad_files: files skipped, with reasons.
         cache_hit: True when nothing had to be decoded.
     """
@@ -85,6 +92,7 @@ class CachedSite:
     boxes: np.ndarray
     flags: list[str]
     hashes: np.ndarray
+    features: np.ndarray
     bad_files: list[BadFile]
     cache_hit: bool = False
 
@@ -100,7 +108,8 @@ class CachedSite:
         keep = np.asarray(keep, np.int64)
         return dataclasses.replace(
             self, samples=[self.samples[i] for i in keep], images=self.images[keep],
-            boxes=self.boxes[keep], flags=[self.flags[i] for i in keep], hashes=self.hashes[keep])
+            boxes=self.boxes[keep], flags=[self.flags[i] for i in keep], hashes=self.hashes[keep],
+            features=self.features[keep])
 
 
 def file_sha256(path: str) -> str:
@@ -122,28 +131,47 @@ def _hash_files(paths: Sequence[str]) -> list[str | None]:
         return list(pool.map(one, paths, chunksize=64))
 
 
-def process_file(path: str, params: CropParams) -> tuple[np.ndarray | None, tuple[int, int, int, int], str, str, str]:
-    """Decode, validate and crop one file.
+def _read_bytes(path: str) -> bytes:
+    """The file's bytes; ``ImageRejected("unreadable")`` on OSError, as ``read_image_file`` does."""
+    from datasets.validation import ImageRejected
+
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        detail = f"{type(error).__name__}: {error.strerror or error}"
+        raise ImageRejected("unreadable", detail) from error
+
+
+def process_file(path: str, params: CropParams) -> tuple[np.ndarray | None, tuple[int, int, int, int], str, str,
+                                                        str, np.ndarray | None]:
+    """Read, validate, crop and featurise one file, decoding it once.
 
     Returns:
-        ``(crop, box, flag, reason, detail)``: ``crop`` is a (S, S) uint8 array,
-        or None with a reason code when the file is bad.
+        ``(crop, box, flag, reason, detail, features)``: ``crop`` is a (S, S)
+        uint8 array and ``features`` a float64 (F,) row of
+        ``datasets.shortcuts.image_features``, or both None with a reason
+        code when the file is bad.
     """
     import cv2
 
     from brain_crop import crop_brain, resize_square
-    from datasets.validation import ImageRejected, read_image_file
+    from datasets.shortcuts import image_features
+    from datasets.validation import ImageRejected, decode_image_bytes
 
     cv2.setNumThreads(1)
     try:
-        image = read_image_file(path, max_pixels=params.max_pixels)
+        data = _read_bytes(path)
+        image = decode_image_bytes(data, max_pixels=params.max_pixels)
     except ImageRejected as error:
-        return None, (0, 0, 0, 0), "", error.reason, error.detail
+        return None, (0, 0, 0, 0), "", error.reason, error.detail, None
     if params.crop:
-        crop, box = crop_brain(image, params.image_size, margin=params.margin, threshold=params.threshold)
-        return crop, (box.x0, box.y0, box.x1, box.y1), box.flag, "", ""
-    height, width = image.shape[:2]
-    return resize_square(image, params.image_size), (0, 0, width, height), "ok", "", ""
+        crop, found = crop_brain(image, params.image_size, margin=params.margin, threshold=params.threshold)
+        box, flag = (found.x0, found.y0, found.x1, found.y1), found.flag
+    else:
+        height, width = image.shape[:2]
+        crop, box, flag = resize_square(image, params.image_size), (0, 0, width, height), "ok"
+    return crop, box, flag, "", "", image_features(data, image, box)
 
 
 def _process_chunk(args: tuple[list[str], CropParams]) -> list[tuple]:
@@ -155,10 +183,17 @@ def _bundle_key(shas: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(set(shas))).encode()).hexdigest()[:20]
 
 
-def _load_bundle(folder: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+def _load_bundle(folder: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(meta, images (memory-mapped), boxes, hashes, features)`` of a bundle folder.
+
+    Raises OSError or ValueError for a missing or damaged file, and ValueError
+    when the features were computed with other feature columns.
+    """
     meta = json.loads((folder / "meta.json").read_text())
+    if tuple(meta.get("feature_names", ())) != FEATURE_NAMES:
+        raise ValueError(f"bundle {folder} has features {meta.get('feature_names')}, expected {FEATURE_NAMES}")
     return (meta, np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "boxes.npy"),
-            np.load(folder / "hashes.npy"))
+            np.load(folder / "hashes.npy"), np.load(folder / "features.npy"))
 
 
 def _reusable_rows(param_dir: Path, wanted: set[str]) -> dict[str, tuple]:
@@ -170,25 +205,28 @@ def _reusable_rows(param_dir: Path, wanted: set[str]) -> dict[str, tuple]:
         if not (folder / "meta.json").exists() or not wanted - found.keys():
             continue
         try:
-            meta, images, boxes, _ = _load_bundle(folder)
+            meta, images, boxes, _, features = _load_bundle(folder)
         except (OSError, ValueError):
             continue
         for row, (sha, flag) in enumerate(zip(meta["sha256"], meta["flags"])):
             if sha in wanted and sha not in found:
-                found[sha] = (np.array(images[row]), tuple(int(v) for v in boxes[row]), flag, "", "")
+                found[sha] = (np.array(images[row]), tuple(int(v) for v in boxes[row]), flag, "", "",
+                              features[row].copy())
         for sha, (reason, detail) in meta["bad"].items():
             if sha in wanted and sha not in found:
-                found[sha] = (None, (0, 0, 0, 0), "", reason, detail)
+                found[sha] = (None, (0, 0, 0, 0), "", reason, detail, None)
     return found
 
 
-def _write_bundle(folder: Path, meta: dict, images: np.ndarray, boxes: np.ndarray, hashes: np.ndarray) -> None:
+def _write_bundle(folder: Path, meta: dict, images: np.ndarray, boxes: np.ndarray, hashes: np.ndarray,
+                  features: np.ndarray) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     try:
         np.save(temporary / "images.npy", images)
         np.save(temporary / "boxes.npy", boxes)
         np.save(temporary / "hashes.npy", hashes)
+        np.save(temporary / "features.npy", features)
         (temporary / "meta.json").write_text(json.dumps(meta))
         try:
             os.rename(temporary, folder)
@@ -236,7 +274,7 @@ def load_site(name: str, root: str | os.PathLike, params: CropParams = CropParam
         _build_bundle(bundle, param_dir, sorted({sha: path for path, sha in
                                                  ((c.path, s) for c, s in readable)}.items()),
                       params, workers, progress)
-    meta, images, boxes, hashes = _load_bundle(bundle)
+    meta, images, boxes, hashes, features = _load_bundle(bundle)
     row_of = {sha: row for row, sha in enumerate(meta["sha256"])}
 
     samples, rows = [], []
@@ -254,7 +292,7 @@ def load_site(name: str, root: str | os.PathLike, params: CropParams = CropParam
     return CachedSite(name=name, root=str(site.root), samples=samples,
                       images=np.ascontiguousarray(images[rows_array]), boxes=boxes[rows_array],
                       flags=[meta["flags"][r] for r in rows], hashes=hashes[rows_array],
-                      bad_files=bad_files, cache_hit=cache_hit)
+                      features=features[rows_array], bad_files=bad_files, cache_hit=cache_hit)
 
 
 def _build_bundle(bundle: Path, param_dir: Path, files: list[tuple[str, str]], params: CropParams,
@@ -293,9 +331,11 @@ def _build_bundle(bundle: Path, param_dir: Path, files: list[tuple[str, str]], p
     size = params.image_size
     images = np.zeros((len(good), size, size), np.uint8)
     boxes = np.zeros((len(good), 4), np.int32)
+    features = np.zeros((len(good), len(FEATURE_NAMES)), np.float64)
     for row, sha in enumerate(good):
         images[row] = results[sha][0]
         boxes[row] = results[sha][1]
+        features[row] = results[sha][5]
     hashes = perceptual_hash(images)
     meta = {
         "version": CACHE_VERSION,
@@ -303,9 +343,10 @@ def _build_bundle(bundle: Path, param_dir: Path, files: list[tuple[str, str]], p
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "sha256": good,
         "flags": [results[sha][2] for sha in good],
+        "feature_names": list(FEATURE_NAMES),
         "bad": {sha: [results[sha][3], results[sha][4]] for sha, _ in files if results[sha][0] is None},
     }
-    _write_bundle(bundle, meta, images, boxes, hashes)
+    _write_bundle(bundle, meta, images, boxes, hashes, features)
 
 
 def load_sites(specs: Sequence[tuple[str, str]], params: CropParams, *, cache_dir: str | os.PathLike | None = None,

@@ -1,11 +1,12 @@
 """Compare runs of one MLflow experiment: AUC with 95% CI per run and site.
 
 Reads the metrics logged from :func:`eval.report.mlflow_metric_names`
-(``{role}_{site}_auc``, ``..._auc_ci_low``, ``..._auc_ci_high`` and the
-leak-free ``{role}_{site}_unique_auc...``) and writes ``compare.md`` (runs x
-sites, cells like ``0.873 [0.851, 0.894]``), ``compare.csv`` (one row per run
-and site) and ``compare.png`` / ``compare_leak_free.png`` (bars with CI
-error bars).
+(``{role}_{site}_auc``, ``..._auc_ci_low``, ``..._auc_ci_high``, the
+leak-free ``{role}_{site}_unique_auc...`` and the source-disjoint
+``{role}_{site}_disjoint_auc...``) and writes ``compare.md`` (runs x sites,
+cells like ``0.873 [0.851, 0.894]``, one table per subset), ``compare.csv``
+(one row per run and site) and ``compare.png`` / ``compare_leak_free.png`` /
+``compare_source_disjoint.png`` (bars with CI error bars).
 
 mlflow is imported inside :func:`collect_runs` only.
 """
@@ -21,12 +22,17 @@ from eval.plots import plot_auc_bars
 #: Metric suffixes read from runs, longest first so that "_unique_auc" wins over "_auc".
 VALUE_SUFFIXES = (
     "unique_auc_ci_low", "unique_auc_ci_high", "unique_auc",
+    "disjoint_auc_ci_low", "disjoint_auc_ci_high", "disjoint_auc",
     "auc_ci_low", "auc_ci_high", "auc",
 )
+#: The AUC of each subset: value name and title.
+SUBSET_VALUES = (("auc", "All images"), ("unique_auc", "Leak-free (near-duplicates of training images removed)"),
+                 ("disjoint_auc", "Source-disjoint (near-duplicates of any training-site image removed)"))
 METRIC_PATTERN = re.compile(r"^(val|test)_(.+?)_(" + "|".join(VALUE_SUFFIXES) + r")$")
 TABLE_COLUMNS = (
     "run_id", "run_name", "role", "site",
     "auc", "auc_ci_low", "auc_ci_high", "unique_auc", "unique_auc_ci_low", "unique_auc_ci_high",
+    "disjoint_auc", "disjoint_auc_ci_low", "disjoint_auc_ci_high",
 )
 
 
@@ -128,10 +134,12 @@ def format_markdown_table(rows: list[dict], value: str = "auc") -> str:
 
     Args:
         rows: from :func:`comparison_table`.
-        value: ``"auc"`` (all images) or ``"unique_auc"`` (leak-free).
+        value: ``"auc"`` (all images), ``"unique_auc"`` (leak-free) or
+            ``"disjoint_auc"`` (source-disjoint).
     """
-    if value not in ("auc", "unique_auc"):
-        raise ValueError(f"value must be 'auc' or 'unique_auc', got {value!r}")
+    values = [name for name, _ in SUBSET_VALUES]
+    if value not in values:
+        raise ValueError(f"value must be one of {', '.join(values)}, got {value!r}")
     runs = list(dict.fromkeys((row["run_id"], row["run_name"]) for row in rows))
     columns = list(dict.fromkeys((row["role"], row["site"]) for row in rows))
     columns.sort(key=lambda pair: (pair[0] != "val", pair[1]))
@@ -156,10 +164,9 @@ def write_comparison(rows: list[dict], output_dir) -> list[str]:
     os.makedirs(output_dir, exist_ok=True)
     markdown_path = os.path.join(output_dir, "compare.md")
     with open(markdown_path, "w", encoding="utf-8") as handle:
-        handle.write("# AUC by run and site, 95% CI\n\n## All images\n\n")
-        handle.write(format_markdown_table(rows, "auc") + "\n\n")
-        handle.write("## Leak-free (near-duplicates of training images removed)\n\n")
-        handle.write(format_markdown_table(rows, "unique_auc") + "\n")
+        handle.write("# AUC by run and site, 95% CI\n")
+        for value, title in SUBSET_VALUES:
+            handle.write(f"\n## {title}\n\n" + format_markdown_table(rows, value) + "\n")
     csv_path = os.path.join(output_dir, "compare.csv")
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
@@ -171,8 +178,9 @@ def write_comparison(rows: list[dict], output_dir) -> list[str]:
             })
     paths = [markdown_path, csv_path,
              plot_auc_bars(rows, os.path.join(output_dir, "compare.png"), title="AUC, all images")]
-    if any(not math.isnan(row["unique_auc"]) for row in rows):
-        paths.append(plot_auc_bars(rows, os.path.join(output_dir, "compare_leak_free.png"),
-                                   title="AUC, leak-free images", value="unique_auc"))
+    for value, name, title in (("unique_auc", "compare_leak_free.png", "AUC, leak-free images"),
+                               ("disjoint_auc", "compare_source_disjoint.png", "AUC, source-disjoint images")):
+        if any(not math.isnan(row[value]) for row in rows):
+            paths.append(plot_auc_bars(rows, os.path.join(output_dir, name), title=title, value=value))
     return paths
 

@@ -1,10 +1,11 @@
 """Per-site evaluation at a validation-chosen threshold, and the written report.
 
 Input is one :class:`PredictionRow` per evaluated image. Every site is
-measured twice: on all its images and on its leak-free subset (images that
-are not near-duplicates of a training image, ``leaked=False``). The decision
-threshold is chosen once, on validation rows only, and applied unchanged to
-every site.
+measured on three subsets: all its images; leak-free (no near-duplicate in
+the training set that was used, ``leaked=False``); and source-disjoint (no
+near-duplicate anywhere in the training site as given, whatever the leakage
+policy removed, ``near_train_site=False``). The decision threshold is chosen
+once, on validation rows only, and applied unchanged to every site.
 
 Outputs of :func:`write_report` (all in one folder): ``report.html``
 (self-contained, figures inline), ``report.md``, ``metrics.json``,
@@ -23,16 +24,21 @@ import re
 
 import numpy as np
 
-from eval.metrics import choose_threshold, site_metrics
+from eval.metrics import bootstrap_auc_ci, choose_threshold, roc_auc, site_metrics
 from eval.plots import plot_confusion_matrices, plot_reliability_diagrams, plot_roc_curves
 
 ROLES = ("val", "test")
-PREDICTION_COLUMNS = ("site", "role", "relative_path", "label", "subclass", "score", "leaked")
+PREDICTION_COLUMNS = ("site", "role", "relative_path", "label", "subclass", "score", "leaked", "near_train_site",
+                      "shortcut_score")
+#: Subsets every site is measured on: summary key, MLflow name part, label in tables.
+SUBSETS = (("", "", "all"), ("unique", "_unique", "leak-free"), ("disjoint", "_disjoint", "source-disjoint"))
 #: Scalar per-site entries exported as MLflow metrics (see mlflow_metric_names).
 SCALAR_METRICS = (
     "images", "positives", "negatives", "auc", "sensitivity", "specificity",
     "accuracy", "balanced_accuracy", "ppv", "npv", "ece",
 )
+#: A model AUC less than this above the shortcut baseline's, on the same images, is flagged.
+SHORTCUT_MARGIN = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +52,14 @@ class PredictionRow:
         label: 1 = tumour, 0 = no tumour.
         subclass: e.g. ``"glioma"``, ``"notumor"``, ``"tumour"``.
         score: predicted probability of tumour, in [0, 1].
-        leaked: True if the image is a near-duplicate of a training image.
+        leaked: True if the image is a near-duplicate of an image of the
+            training set that was used.
+        near_train_site: True if the image is a near-duplicate of any image
+            of the training site as given, before the leakage policy (so
+            ``leaked`` implies ``near_train_site``); None (the default)
+            means the same as ``leaked``.
+        shortcut_score: the shortcut baseline's tumour probability for the
+            image (non-anatomical statistics only), nan when not computed.
     """
 
     site: str
@@ -56,12 +69,19 @@ class PredictionRow:
     subclass: str
     score: float
     leaked: bool = False
+    near_train_site: bool | None = None
+    shortcut_score: float = math.nan
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
         if self.label not in (0, 1):
             raise ValueError(f"label must be 0 or 1, got {self.label!r} for {self.relative_path!r}")
+        if self.near_train_site is None:
+            object.__setattr__(self, "near_train_site", bool(self.leaked))
+        if self.leaked and not self.near_train_site:
+            raise ValueError(f"{self.site}/{self.relative_path}: leaked (a copy in the training set) implies "
+                             "near_train_site (a copy in the training site)")
 
 
 def _arrays(rows: list[PredictionRow]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,6 +89,15 @@ def _arrays(rows: list[PredictionRow]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     scores = np.array([row.score for row in rows], dtype=np.float64)
     subclasses = np.array([row.subclass for row in rows], dtype=str)
     return labels, scores, subclasses
+
+
+def _with_shortcut(result: dict, labels: np.ndarray, shortcut: np.ndarray, *, n_resamples: int,
+                   seed: int) -> dict:
+    """``result`` plus ``shortcut_auc`` and ``shortcut_auc_ci`` when every shortcut score is known."""
+    if len(shortcut) and np.isfinite(shortcut).all():
+        result["shortcut_auc"] = roc_auc(labels, shortcut)
+        result["shortcut_auc_ci"] = list(bootstrap_auc_ci(labels, shortcut, n_resamples=n_resamples, seed=seed))
+    return result
 
 
 def _rows_by_site(rows: list[PredictionRow]) -> dict[str, list[PredictionRow]]:
@@ -119,24 +148,34 @@ def evaluate_sites(
     seed: int = 0,
     n_bins: int = 10,
 ) -> dict[str, dict]:
-    """Metrics of every site on all its images and on its leak-free subset.
+    """Metrics of every site on all its images, its leak-free and its source-disjoint subset.
 
     Returns:
-        ``{site: site_metrics(...) + {"role", "leaked_images", "unique":
-        site_metrics(leak-free rows)}}``, validation sites first. See
-        :func:`eval.metrics.site_metrics` for the keys; ``unique["images"]``
-        is the leak-free image count.
+        ``{site: site_metrics(...) + {"role", "leaked_images",
+        "near_train_site_images", "unique": site_metrics(leak-free rows),
+        "disjoint": site_metrics(source-disjoint rows)}}``, validation sites
+        first. See :func:`eval.metrics.site_metrics` for the keys;
+        ``unique["images"]`` and ``disjoint["images"]`` are the subsets'
+        image counts (an empty subset has nan AUC and rates).
     """
     results = {}
     for site, members in _rows_by_site(rows).items():
         labels, scores, subclasses = _arrays(members)
         leaked = np.array([row.leaked for row in members], dtype=bool)
-        result = site_metrics(labels, scores, subclasses, threshold,
-                              n_resamples=n_resamples, seed=seed, n_bins=n_bins)
+        near = np.array([row.near_train_site for row in members], dtype=bool)
+        shortcut = np.array([row.shortcut_score for row in members], dtype=np.float64)
+        result = _with_shortcut(site_metrics(labels, scores, subclasses, threshold, n_resamples=n_resamples,
+                                             seed=seed, n_bins=n_bins),
+                                labels, shortcut, n_resamples=n_resamples, seed=seed)
         result["role"] = members[0].role
         result["leaked_images"] = int(leaked.sum())
-        result["unique"] = site_metrics(labels[~leaked], scores[~leaked], subclasses[~leaked],
-                                        threshold, n_resamples=n_resamples, seed=seed, n_bins=n_bins)
+        result["near_train_site_images"] = int(near.sum())
+        for key, excluded in (("unique", leaked), ("disjoint", near)):
+            kept = ~excluded
+            result[key] = _with_shortcut(
+                site_metrics(labels[kept], scores[kept], subclasses[kept], threshold,
+                             n_resamples=n_resamples, seed=seed, n_bins=n_bins),
+                labels[kept], shortcut[kept], n_resamples=n_resamples, seed=seed)
         results[site] = result
     return results
 
@@ -148,6 +187,9 @@ def _metric_part(name: str) -> str:
 def _flatten_site(prefix: str, metrics: dict) -> dict[str, float]:
     flat = {f"{prefix}_{key}": metrics[key] for key in SCALAR_METRICS}
     flat[f"{prefix}_auc_ci_low"], flat[f"{prefix}_auc_ci_high"] = metrics["auc_ci"]
+    if "shortcut_auc" in metrics:
+        flat[f"{prefix}_shortcut_auc"] = metrics["shortcut_auc"]
+        flat[f"{prefix}_shortcut_auc_ci_low"], flat[f"{prefix}_shortcut_auc_ci_high"] = metrics["shortcut_auc_ci"]
     for key, count in metrics["confusion"].items():
         flat[f"{prefix}_{key}"] = count
     for subclass, rates in metrics["subclasses"].items():
@@ -165,8 +207,9 @@ def mlflow_metric_names(results: dict[str, dict]) -> dict[str, float]:
     ``test_mos_tp``, ``test_mos_glioma_detection_rate``,
     ``test_mos_notumor_specificity``, ``test_mos_leaked_images``), the same
     with ``_unique_`` after the site for the leak-free subset
-    (``test_mos_unique_auc``, ``test_mos_unique_images``), and
-    ``decision_threshold``.
+    (``test_mos_unique_auc``, ``test_mos_unique_images``), with
+    ``_disjoint_`` for the source-disjoint subset (``test_mos_disjoint_auc``,
+    ``test_mos_near_train_site_images``), and ``decision_threshold``.
 
     Undefined (nan) values are left out: MLflow would store them, but a
     missing metric reads plainly as "not defined for this site" and keeps
@@ -177,7 +220,9 @@ def mlflow_metric_names(results: dict[str, dict]) -> dict[str, float]:
         prefix = f"{metrics['role']}_{site}"
         flat.update(_flatten_site(prefix, metrics))
         flat[f"{prefix}_leaked_images"] = metrics["leaked_images"]
-        flat.update(_flatten_site(f"{prefix}_unique", metrics["unique"]))
+        flat[f"{prefix}_near_train_site_images"] = metrics["near_train_site_images"]
+        for key, part, _ in SUBSETS[1:]:
+            flat.update(_flatten_site(prefix + part, metrics[key]))
         flat["decision_threshold"] = metrics["threshold"]
     return {name: float(value) for name, value in flat.items() if not math.isnan(float(value))}
 
@@ -198,33 +243,46 @@ def _json_ready(value):
 
 
 def write_predictions_csv(path, rows: list[PredictionRow]) -> str:
-    """Write rows to CSV with :data:`PREDICTION_COLUMNS`; ``leaked`` as true/false."""
+    """Write rows to CSV with :data:`PREDICTION_COLUMNS`; ``leaked`` and ``near_train_site`` as true/false."""
     path = os.fspath(path)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(PREDICTION_COLUMNS)
         for row in rows:
             writer.writerow([row.site, row.role, row.relative_path, int(row.label),
-                             row.subclass, repr(float(row.score)), "true" if row.leaked else "false"])
+                             row.subclass, repr(float(row.score)), "true" if row.leaked else "false",
+                             "true" if row.near_train_site else "false",
+                             "" if math.isnan(row.shortcut_score) else repr(float(row.shortcut_score))])
     return path
 
 
 def read_predictions_csv(path) -> list[PredictionRow]:
-    """Read a file written by :func:`write_predictions_csv` back into rows."""
+    """Read a file written by :func:`write_predictions_csv` back into rows.
+
+    Files written before the ``near_train_site`` column existed are read with
+    ``near_train_site`` equal to ``leaked`` (all that is known).
+    """
+    def flag(record: dict, column: str) -> bool:
+        value = record[column].strip().lower()
+        if value not in ("true", "false", "1", "0"):
+            raise ValueError(f"{path}: bad {column} value {record[column]!r}")
+        return value in ("true", "1")
+
     rows = []
     with open(os.fspath(path), newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = set(PREDICTION_COLUMNS) - set(reader.fieldnames or ())
+        missing = set(PREDICTION_COLUMNS) - set(reader.fieldnames or ()) - {"near_train_site", "shortcut_score"}
         if missing:
             raise ValueError(f"{path}: missing columns {sorted(missing)}")
         for record in reader:
-            leaked = record["leaked"].strip().lower()
-            if leaked not in ("true", "false", "1", "0"):
-                raise ValueError(f"{path}: bad leaked value {record['leaked']!r}")
+            leaked = flag(record, "leaked")
+            near = flag(record, "near_train_site") if record.get("near_train_site") is not None else leaked
+            shortcut = (record.get("shortcut_score") or "").strip()
             rows.append(PredictionRow(
                 site=record["site"], role=record["role"], relative_path=record["relative_path"],
                 label=int(record["label"]), subclass=record["subclass"],
-                score=float(record["score"]), leaked=leaked in ("true", "1"),
+                score=float(record["score"]), leaked=leaked, near_train_site=near,
+                shortcut_score=float(shortcut) if shortcut else math.nan,
             ))
     return rows
 
@@ -268,41 +326,53 @@ def _subclass_text(rates: dict | None) -> str:
     return _rate_text(rates["specificity"], negatives, rates["images"])
 
 
+def subset_metrics(metrics: dict) -> list[tuple[str, dict]]:
+    """``[(label, metrics)]`` of a site's subsets present in ``metrics``: all, leak-free, source-disjoint."""
+    return [(label, metrics[key] if key else metrics) for key, _, label in SUBSETS if not key or key in metrics]
+
+
+def shortcut_close(metrics: dict, margin: float = SHORTCUT_MARGIN) -> bool:
+    """True when the shortcut baseline's AUC on these images is within ``margin`` of the model's (or above)."""
+    model, shortcut = metrics.get("auc", math.nan), metrics.get("shortcut_auc", math.nan)
+    return not (math.isnan(model) or math.isnan(shortcut)) and shortcut >= model - margin
+
+
 def site_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the cross-site table, all images vs leak-free side by side."""
-    header = [
-        "site", "role", "images (all / leak-free)",
-        "AUC [95% CI] all", "AUC [95% CI] leak-free",
-        "sensitivity all", "sensitivity leak-free",
-        "specificity all", "specificity leak-free",
-        "ECE all", "ECE leak-free",
-    ]
+    """Header and rows of the cross-site table: one row per site and subset.
+
+    Subsets: all images, leak-free, source-disjoint (see the module
+    docstring). The shortcut column is the AUC of the shortcut baseline
+    (non-anatomical image statistics, fit on the training site) on the same
+    images; ``!`` marks rows where it comes within :data:`SHORTCUT_MARGIN`
+    of the model.
+    """
+    header = ["site", "role", "images", "subset", "AUC [95% CI]", "shortcut AUC", "sensitivity",
+              "specificity", "ECE"]
     rows = []
     for site, metrics in results.items():
-        unique = metrics["unique"]
-        rows.append([
-            site, metrics["role"], f"{metrics['images']} / {unique['images']}",
-            _auc_text(metrics), _auc_text(unique),
-            _sensitivity_text(metrics), _sensitivity_text(unique),
-            _specificity_text(metrics), _specificity_text(unique),
-            _number(metrics["ece"]), _number(unique["ece"]),
-        ])
+        for label, subset in subset_metrics(metrics):
+            shortcut = _auc_text({"auc": subset["shortcut_auc"], "auc_ci": subset["shortcut_auc_ci"]}) \
+                if "shortcut_auc" in subset else "n/a"
+            rows.append([
+                site, metrics["role"], str(subset["images"]), label, _auc_text(subset),
+                shortcut + (" !" if shortcut_close(subset) else ""),
+                _sensitivity_text(subset), _specificity_text(subset), _number(subset["ece"]),
+            ])
     return header, rows
 
 
 def subclass_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the per-subclass table (detection rate or specificity)."""
-    header = ["site", "role", "subclass", "images (all / leak-free)", "rate", "all", "leak-free"]
+    """Header and rows of the per-subclass table (detection rate or specificity) on each subset."""
+    labels = [label for _, _, label in SUBSETS]
+    header = ["site", "role", "subclass", "rate", *[f"{label} (correct/images)" for label in labels]]
     rows = []
     for site, metrics in results.items():
+        subsets = dict(subset_metrics(metrics))
         for subclass, rates in metrics["subclasses"].items():
-            unique_rates = metrics["unique"]["subclasses"].get(subclass)
-            unique_images = unique_rates["images"] if unique_rates else 0
             rate_name = "detection rate" if "detection_rate" in rates else "specificity"
-            rows.append([
-                site, metrics["role"], subclass, f"{rates['images']} / {unique_images}",
-                rate_name, _subclass_text(rates), _subclass_text(unique_rates),
-            ])
+            rows.append([site, metrics["role"], subclass, rate_name] + [
+                _subclass_text(subsets[label]["subclasses"].get(subclass)) if label in subsets else "n/a"
+                for label in labels])
     return header, rows
 
 
@@ -338,8 +408,15 @@ def _method_notes(threshold: float, results: dict[str, dict]) -> list[str]:
         f"AUC intervals: {100 * any_site['auc_ci_level']:.0f}% percentile intervals from "
         f"{any_site['n_resamples']} stratified bootstrap resamples (tumour and no-tumour images "
         "resampled separately, keeping their counts).",
-        "Leak-free: the same site without the images flagged as near-duplicates of a training "
-        "image. Quote the leak-free numbers when publishing cross-site performance.",
+        "Leak-free: the same site without its near-duplicates of an image of the training set that "
+        "was used. Source-disjoint: without its near-duplicates of any image of the training site as "
+        "given, whatever the leakage policy removed: images from sources the training site shares "
+        "nothing with. Quote the leak-free and source-disjoint numbers when publishing cross-site "
+        "performance.",
+        "Shortcut AUC: the AUC on the same images of a small classifier that sees only "
+        "non-anatomical statistics of each file (size, aspect, bytes per pixel, JPEG quality, "
+        "intensity, sharpness, noise, border), fit on the training site: what could be scored "
+        f"without looking at the brain. '!' marks a model AUC less than {SHORTCUT_MARGIN:.2f} above it.",
         "Sensitivity, specificity and subclass rates show (correct / images) in brackets. "
         f"ECE: expected calibration error over {any_site['ece_bins']} equal-width probability bins.",
     ]
@@ -357,14 +434,29 @@ figure { display: inline-block; margin: 0.5em 1em 0.5em 0; vertical-align: top; 
 img { max-width: 100%; }
 figcaption { font-size: 0.85em; color: #555; }
 .note { color: #444; font-size: 0.92em; }
+.warning { color: #9a3412; }
 """
 
 
-def _site_curves(rows: list[PredictionRow], leak_free: bool) -> dict[str, tuple]:
+def shortcut_warnings(results: dict[str, dict]) -> list[str]:
+    """One sentence per site and subset where the shortcut baseline comes close to the model."""
+    warnings = []
+    for site, metrics in results.items():
+        for label, subset in subset_metrics(metrics):
+            if shortcut_close(subset):
+                warnings.append(
+                    f"{site} ({label}, {subset['images']} images): model AUC {subset['auc']:.3f}, shortcut "
+                    f"baseline {subset['shortcut_auc']:.3f}: this AUC can be earned without anatomy.")
+    return warnings
+
+
+def _site_curves(rows: list[PredictionRow], subset: str = "all") -> dict[str, tuple]:
     curves = {}
     for site, members in _rows_by_site(rows).items():
-        if leak_free:
+        if subset == "leak-free":
             members = [row for row in members if not row.leaked]
+        elif subset == "source-disjoint":
+            members = [row for row in members if not row.near_train_site]
         labels, scores, _ = _arrays(members)
         curves[f"{members[0].role} {site}" if members else site] = (labels, scores)
     return curves
@@ -374,21 +466,28 @@ def _write_figures(output_dir: str, rows: list[PredictionRow], results: dict[str
                    threshold: float) -> list[tuple[str, str]]:
     """Write the figure PNGs; returns (path, caption) pairs."""
     figures = []
-    all_curves = _site_curves(rows, leak_free=False)
+    all_curves = _site_curves(rows)
     figures.append((plot_roc_curves(all_curves, os.path.join(output_dir, "roc.png"),
                                     title="ROC, all images", threshold=threshold),
                     "ROC curves, all images; dots: the validation threshold"))
     any_leaks = any(metrics["leaked_images"] for metrics in results.values())
     if any_leaks:
-        unique_curves = _site_curves(rows, leak_free=True)
+        unique_curves = _site_curves(rows, "leak-free")
         figures.append((plot_roc_curves(unique_curves, os.path.join(output_dir, "roc_leak_free.png"),
                                         title="ROC, leak-free images", threshold=threshold),
                         "ROC curves without near-duplicates of training images"))
+    if any(metrics["near_train_site_images"] > metrics["leaked_images"] for metrics in results.values()):
+        disjoint_curves = _site_curves(rows, "source-disjoint")
+        figures.append((plot_roc_curves(disjoint_curves, os.path.join(output_dir, "roc_source_disjoint.png"),
+                                        title="ROC, source-disjoint images", threshold=threshold),
+                        "ROC curves without near-duplicates of any image of the training site"))
     matrices = {}
     for site, metrics in results.items():
         matrices[f"{metrics['role']} {site}"] = metrics["confusion"]
         if metrics["leaked_images"]:
             matrices[f"{metrics['role']} {site} leak-free"] = metrics["unique"]["confusion"]
+        if metrics["near_train_site_images"] > metrics["leaked_images"]:
+            matrices[f"{metrics['role']} {site} source-disjoint"] = metrics["disjoint"]["confusion"]
     figures.append((plot_confusion_matrices(matrices, os.path.join(output_dir, "confusion.png"),
                                             title=f"Confusion at threshold {threshold:.3f}"),
                     "Confusion matrices at the validation threshold (percent of the true class)"))
@@ -463,12 +562,15 @@ def write_report(
     site_header, site_rows = site_table(results)
     subclass_header, subclass_rows = subclass_table(results)
     notes = _method_notes(threshold, results)
+    warnings = shortcut_warnings(results)
     info_rows = [[str(key), str(value)] for key, value in run_info.items()]
 
     markdown = [f"# {title}", ""]
     if info_rows:
         markdown += [markdown_table(["run", "value"], info_rows), ""]
     markdown += ["## Performance by site", "", markdown_table(site_header, site_rows), ""]
+    if warnings:
+        markdown += ["**Shortcut warning.**", ""] + [f"- {warning}" for warning in warnings] + [""]
     markdown += ["## Per subclass", "", markdown_table(subclass_header, subclass_rows), ""]
     markdown += ["## How to read this", ""] + [f"- {note}" for note in notes] + [""]
     markdown += ["## Figures", ""] + [f"![{caption}]({os.path.basename(path)})"
@@ -483,6 +585,9 @@ def write_report(
     if info_rows:
         parts.append(_html_table(["run", "value"], info_rows))
     parts.append("<h2>Performance by site</h2>" + _html_table(site_header, site_rows))
+    if warnings:
+        parts.append("<p class='warning'><b>Shortcut warning.</b></p><ul class='warning'>"
+                     + "".join(f"<li>{html.escape(warning)}</li>" for warning in warnings) + "</ul>")
     parts.append("<h2>Per subclass</h2>" + _html_table(subclass_header, subclass_rows))
     parts.append("<h2>How to read this</h2><ul class='note'>"
                  + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")

@@ -1,15 +1,22 @@
 """Tables of finished runs for people: one overview, then one section per run.
 
-Input is a list of entries ``{"name", "command", "seconds", "summary"}``,
-where ``summary`` is a run's ``summary.json`` (see ``train_distributed.py``):
-per site ``role``, ``images``, ``auc``, ``auc_ci``, ``sensitivity``,
-``specificity``, ``unique`` (the leak-free subset) and, for MOS-like sites,
-``subclasses`` rates. Pure text building; the caller writes the file.
+Input is a list of entries ``{"name", "command", "seconds", "summary"}`` and
+optionally ``"seed"``, where ``summary`` is a run's ``summary.json``: per
+site ``role``, ``images``, ``auc``, ``auc_ci``, ``sensitivity``,
+``specificity``, ``unique`` (the leak-free subset), ``disjoint`` (the
+source-disjoint subset) and, for MOS-like sites, ``subclasses`` rates.
+Entries sharing a name are seeds of one variant: :func:`seed_tables` gives
+their mean, sd and per-seed values. Pure text building; the caller writes
+the file.
 """
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, Sequence
+
+#: Subsets of a site's summary: key (None: the site itself) and label.
+SUBSETS = ((None, "full"), ("unique", "leak-free"), ("disjoint", "source-disjoint"))
 
 
 def _number(value: Any, digits: int = 3) -> str:
@@ -34,30 +41,117 @@ def eval_sites(summary: dict) -> list[str]:
 
 
 def overview_table(entries: Sequence[dict]) -> str:
-    """Markdown: one row per run: training images, AUC [95% CI] full and leak-free per site, time."""
+    """Markdown: one row per run: training images, AUC [95% CI] full, leak-free and source-disjoint per site, time."""
+    sites = _all_eval_sites(entries)
+    header = ["run", "seed", "train images"]
+    header += [f"{name} AUC ({label})" for _, label in SUBSETS for name in sites] + ["epochs", "minutes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in entries:
+        summary = entry["summary"]
+        train = [values for values in summary["sites"].values() if values.get("role") == "train"]
+        cells = [entry["name"], str(entry.get("seed", "–")), str(train[0].get("images", "–")) if train else "–"]
+        cells += [auc_cell(_subset(summary, name, key)) for key, _ in SUBSETS for name in sites]
+        cells += [str(summary.get("epochs_run", "–")), _number(entry.get("seconds", float("nan")) / 60, 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _all_eval_sites(entries: Sequence[dict]) -> list[str]:
     sites: list[str] = []
     for entry in entries:
         for name in eval_sites(entry["summary"]):
             if name not in sites:
                 sites.append(name)
-    header = ["run", "train images"] + [f"{name} AUC (full)" for name in sites]
-    header += [f"{name} AUC (leak-free)" for name in sites] + ["epochs", "minutes"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return sites
+
+
+def _subset(summary: dict, site: str, key: str | None) -> dict | None:
+    values = summary["sites"].get(site)
+    return values if key is None or values is None else values.get(key)
+
+
+def _auc_of(summary: dict, site: str, key: str | None) -> float:
+    metrics = _subset(summary, site, key) or {}
+    value = metrics.get("auc")
+    return math.nan if value is None else float(value)
+
+
+def seed_statistics(values: Sequence[float]) -> dict:
+    """``{"n", "mean", "sd", "values"}`` of per-seed values (nan dropped); sd is nan for one seed."""
+    kept = [float(v) for v in values if not math.isnan(float(v))]
+    return {"n": len(kept), "mean": statistics.fmean(kept) if kept else math.nan,
+            "sd": statistics.stdev(kept) if len(kept) > 1 else math.nan, "values": kept}
+
+
+def beyond_seed_variation(first: dict, second: dict) -> str:
+    """Whether two variants' per-seed values differ by more than seed variation.
+
+    ``"yes"`` when both hold: the difference of means exceeds twice its
+    standard error (sqrt(sd1^2/n1 + sd2^2/n2)) and no seed of one variant
+    falls inside the range of the other's seeds; ``"no"`` otherwise;
+    ``"one seed"`` when either variant has fewer than two seeds (seed
+    variation unknown).
+    """
+    if first["n"] < 2 or second["n"] < 2:
+        return "one seed"
+    error = math.sqrt(first["sd"] ** 2 / first["n"] + second["sd"] ** 2 / second["n"])
+    apart = max(first["values"]) < min(second["values"]) or max(second["values"]) < min(first["values"])
+    return "yes" if apart and abs(second["mean"] - first["mean"]) > 2 * error else "no"
+
+
+def _mean_sd_cell(stats: dict) -> str:
+    if stats["n"] == 0:
+        return "–"
+    if stats["n"] == 1:
+        return f"{stats['mean']:.3f} (one seed)"
+    return f"{stats['mean']:.3f} ± {stats['sd']:.3f} ({', '.join(f'{v:.3f}' for v in stats['values'])})"
+
+
+def seed_tables(entries: Sequence[dict]) -> str:
+    """Markdown: per variant and site, AUC mean ± sd over seeds with each seed's value, and differences.
+
+    The first table has one row per variant (entries sharing a name), cells
+    ``mean ± sd (seed values)`` for every site and subset. The second gives
+    each later variant's difference of means from the first variant and
+    whether it exceeds seed variation (:func:`beyond_seed_variation`).
+    """
+    sites = _all_eval_sites(entries)
+    variants: dict[str, list[dict]] = {}
     for entry in entries:
-        summary = entry["summary"]
-        train = [values for values in summary["sites"].values() if values.get("role") == "train"]
-        cells = [entry["name"], str(train[0].get("images", "–")) if train else "–"]
-        cells += [auc_cell(summary["sites"].get(name)) for name in sites]
-        cells += [auc_cell((summary["sites"].get(name) or {}).get("unique")) for name in sites]
-        cells += [str(summary.get("epochs_run", "–")), _number(entry.get("seconds", float("nan")) / 60, 1)]
-        lines.append("| " + " | ".join(cells) + " |")
+        variants.setdefault(entry["name"], []).append(entry)
+    columns = [(name, key, label) for name in sites for key, label in SUBSETS]
+    stats = {variant: {(name, key): seed_statistics([_auc_of(e["summary"], name, key) for e in members])
+                       for name, key, _ in columns} for variant, members in variants.items()}
+    header = ["variant", "seeds"] + [f"{name} AUC ({label})" for name, _, label in columns]
+    lines = ["AUC mean ± sd over seeds (each seed's value in brackets):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, members in variants.items():
+        seeds = ", ".join(str(e.get("seed", "–")) for e in members)
+        lines.append("| " + " | ".join([variant, seeds] + [_mean_sd_cell(stats[variant][(name, key)])
+                                                           for name, key, _ in columns]) + " |")
+    names = list(variants)
+    if len(names) > 1:
+        header = ["variant", "vs"] + [f"{name} ({label})" for name, _, label in columns]
+        lines += ["", f"Difference of mean AUC from `{names[0]}`, and whether it exceeds seed variation "
+                      "(yes: more than twice its standard error and the seeds' ranges do not overlap):", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for variant in names[1:]:
+            cells = [variant, names[0]]
+            for name, key, _ in columns:
+                first, second = stats[names[0]][(name, key)], stats[variant][(name, key)]
+                if first["n"] == 0 or second["n"] == 0:
+                    cells.append("–")
+                    continue
+                cells.append(f"{second['mean'] - first['mean']:+.3f} ({beyond_seed_variation(first, second)})")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def run_section(entry: dict) -> str:
     """Markdown section of one run: settings, command, per-site table, subclasses."""
     summary = entry["summary"]
-    lines = [f"### {entry['name']}", "", "```bash", entry["command"], "```", ""]
+    seed = f" (seed {entry['seed']})" if "seed" in entry else ""
+    lines = [f"### {entry['name']}{seed}", "", "```bash", entry["command"], "```", ""]
     train = [(name, values) for name, values in summary["sites"].items() if values.get("role") == "train"]
     for name, values in train:
         lines.append(f"Training site `{name}`: {values.get('images')} images after the leakage policy "
@@ -69,7 +163,10 @@ def run_section(entry: dict) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for name in eval_sites(summary):
         values = summary["sites"][name]
-        for subset, metrics in (("full", values), ("leak-free", values.get("unique") or {})):
+        for key, subset in SUBSETS:
+            metrics = values if key is None else values.get(key)
+            if metrics is None:
+                continue
             lines.append(f"| {name} | {values['role']} | {subset} | {metrics.get('images', '–')} | "
                          f"{auc_cell(metrics)} | {_number(metrics.get('sensitivity'))} | "
                          f"{_number(metrics.get('specificity'))} | {_number(metrics.get('ece'))} |")
@@ -85,7 +182,9 @@ def run_section(entry: dict) -> str:
 
 
 def results_markdown(entries: Sequence[dict], *, title: str = "Results") -> str:
-    """The whole document: overview table, then a section per run."""
+    """The whole document: overview table, the seed tables (when a variant has seeds), a section per run."""
     parts = [f"# {title}", "", overview_table(entries), ""]
+    if any("seed" in entry for entry in entries):
+        parts += ["## Over seeds", "", seed_tables(entries), ""]
     parts += [run_section(entry) + "\n" for entry in entries]
     return "\n".join(parts)

@@ -485,3 +485,32 @@ def test_real_sites_overlap():
     br35h = result.sites["br35h"]
     assert br35h["duplicate_groups_within"] >= 450 and br35h["images_in_duplicate_groups_within"] >= 2300  # 605, 2753
     assert len(result.label_disagreement_pairs) <= 10  # measured 0
+
+
+def test_shortcut_baseline_on_source_disjoint_images():
+    """The baseline is measured again on the eval images that have no copy in the training site."""
+    import types
+
+    from datasets.audit import audit_shortcuts
+
+    rng = np.random.default_rng(0)
+
+    def site(labels, features, hashes):
+        return types.SimpleNamespace(labels=np.asarray(labels), features=features, hashes=hashes)
+
+    train_labels = np.tile([0, 1], 40)
+    train_features = rng.normal(size=(80, 12))
+    train_features[:, 9] += 3 * train_labels  # "sharpness" separates the classes in training
+    train_hashes = rng.integers(0, 2 ** 63, size=(80, 2), dtype=np.uint64)
+    eval_labels = np.tile([0, 1], 30)
+    eval_features = rng.normal(size=(60, 12))
+    eval_features[:40, 9] += 3 * eval_labels[:40]  # the shortcut holds on the 40 copies only
+    eval_hashes = rng.integers(0, 2 ** 63, size=(60, 2), dtype=np.uint64)
+    eval_hashes[:40] = train_hashes[:40]
+    result = audit_shortcuts({"train": site(train_labels, train_features, train_hashes),
+                              "test": site(eval_labels, eval_features, eval_hashes)}, "train", n_resamples=50)
+    entry = result["sites"]["test"]
+    assert entry["baseline"]["auc"] > 0.7
+    assert entry["baseline_source_disjoint"]["images"] == 20
+    assert abs(entry["baseline_source_disjoint"]["auc"] - 0.5) < 0.3
+    assert "baseline_source_disjoint" not in result["sites"]["train"]

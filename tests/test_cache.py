@@ -95,3 +95,41 @@ def test_site_with_only_bad_files_in_one_class_is_an_error(tmp_path):
     (root / "no" / "broken.jpg").write_bytes(b"")
     with pytest.raises(ValueError, match="only one class"):
         load_site("x", root, CropParams(image_size=32), cache_dir=tmp_path / "cache", workers=1)
+
+
+def test_features_are_cached_aligned_with_the_images(tmp_path):
+    import json
+
+    from datasets.shortcuts import FEATURE_NAMES, image_features
+
+    root = make_site(tmp_path / "site")
+    add_bad_files(root)
+    first = load_site("x", root, CropParams(image_size=48), cache_dir=tmp_path / "cache", workers=1)
+    assert first.features.shape == (12, len(FEATURE_NAMES)) and first.features.dtype == np.float64
+    for row in (0, 7):
+        data = Path(first.samples[row].path).read_bytes()
+        grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        np.testing.assert_array_equal(first.features[row], image_features(data, grey, tuple(first.boxes[row])))
+    (meta,) = [json.loads(p.read_text()) for p in (tmp_path / "cache").rglob("meta.json")]
+    assert meta["feature_names"] == list(FEATURE_NAMES)
+    second = load_site("x", root, CropParams(image_size=48), cache_dir=tmp_path / "cache", workers=1)
+    assert second.cache_hit
+    np.testing.assert_array_equal(first.features, second.features)
+    np.testing.assert_array_equal(first.subset([3, 1]).features, first.features[[3, 1]])
+
+
+def test_reused_rows_keep_their_features(tmp_path):
+    from datasets.shortcuts import FEATURE_NAMES
+
+    root = make_site(tmp_path / "site")
+    first = load_site("x", root, CropParams(image_size=48), cache_dir=tmp_path / "cache", workers=1)
+    cv2.imwrite(str(root / "yes" / "new.png"), np.pad(np.full((40, 40), 150, np.uint8), 20))
+    second = load_site("x", root, CropParams(image_size=48), cache_dir=tmp_path / "cache", workers=1)
+    assert not second.cache_hit
+    by_sha = {s.sha256: row for row, s in enumerate(second.samples)}
+    for row, sample in enumerate(first.samples):
+        np.testing.assert_array_equal(second.features[by_sha[sample.sha256]], first.features[row])
+    new = next(row for row, s in enumerate(second.samples) if s.relative_path == "yes/new.png")
+    x0, y0, x1, y1 = second.boxes[new]
+    border = second.features[new, FEATURE_NAMES.index("border_fraction")]
+    assert border == pytest.approx(1 - (x1 - x0) * (y1 - y0) / 80 ** 2) and 0.6 < border < 0.8

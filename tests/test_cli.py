@@ -141,8 +141,17 @@ def test_end_to_end_training_run(trained_run):
         assert len(rows) == 48
         assert site["auc"] == pytest.approx(roc_auc(np.array([r.label for r in rows]),
                                                     np.array([r.score for r in rows])), abs=1e-12)
-        assert {"threshold", "sensitivity", "specificity", "ece", "unique"} <= set(site)
+        assert {"threshold", "sensitivity", "specificity", "ece", "unique", "disjoint"} <= set(site)
         assert site["threshold"] == summary["threshold"]
+        # the demo sites share no images: every subset is the whole site; the shortcut baseline is beside it
+        assert site["disjoint"]["images"] == site["unique"]["images"] == 48
+        assert 0.0 <= site["shortcut_auc"] <= 1.0 and site["disjoint"]["shortcut_auc"] == site["shortcut_auc"]
+        assert all(np.isfinite(r.shortcut_score) and not r.near_train_site for r in rows)
+    audit = json.loads((output / "audit.json").read_text())
+    shortcuts = audit["shortcuts"]
+    assert shortcuts["train_site"] == "synth_a" and set(shortcuts["sites"]) == {"synth_a", "synth_b", "synth_c"}
+    assert "baseline" in shortcuts["sites"]["synth_c"] and "baseline" not in shortcuts["sites"]["synth_a"]
+    assert "shortcut audit" in trained_run["stderr"]
     client, run = mlflow_run(uri, summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["image_size"] == "32" and run.data.params["leakage"] == "purge-train"
@@ -150,6 +159,8 @@ def test_end_to_end_training_run(trained_run):
     assert "augment.histogram_match_probability" in run.data.params
     assert {"val_auc", "train_loss", "train_auc", "learning_rate", "epoch_seconds", "images_per_second",
             "test_synth_c_auc", "test_synth_c_auc_ci_low", "val_synth_b_auc", "test_synth_c_unique_auc",
+            "test_synth_c_disjoint_auc", "test_synth_c_shortcut_auc", "test_synth_c_near_train_site_images",
+            "shortcut_synth_c_baseline_auc", "shortcut_synth_a_cv_auc", "shortcut_synth_c_sharpness_auc",
             "leakage_removed_synth_a"} <= set(run.data.metrics)
     assert run.data.metrics["test_synth_c_auc"] == pytest.approx(summary["sites"]["synth_c"]["auc"])
     # The per-epoch curve is val_auc; val_<site>_auc is the final evaluation alone (compare reads it).
@@ -179,6 +190,27 @@ def test_evaluate_command_reproduces_the_test_auc(trained_run, synthetic_sites):
     assert again["sites"]["synth_c"]["auc"] == pytest.approx(summary["sites"]["synth_c"]["auc"], abs=1e-6)
     assert (output / "again" / "report.html").exists() and (output / "again" / "predictions.csv").exists()
     assert again["test_time_augmentation"] == "none"
+    # the shortcut baseline is refit from train_hashes.npz: the same numbers as in training
+    assert again["sites"]["synth_c"]["shortcut_auc"] == summary["sites"]["synth_c"]["shortcut_auc"]
+
+
+@pytest.mark.slow
+def test_evaluate_a_seed_ensemble(trained_run, synthetic_sites):
+    """Two copies of one model average to that model: the same scores and AUC as one row."""
+    output = trained_run["output"]
+    model = str(output / "model.keras")
+    sites = ["--site", f"synth_b={synthetic_sites['synth_b']}", "--site", f"synth_c={synthetic_sites['synth_c']}"]
+    refused = run_cli(["evaluate", "--model", model, "--model", model, *sites], cwd=trained_run["folder"])
+    assert refused.returncode == 2 and "needs --val-site or --threshold" in refused.stderr
+    result = run_cli(["evaluate", "--model", model, "--model", model, *sites, "--val-site", "synth_b",
+                      "--output", str(output / "ensemble")], cwd=trained_run["folder"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    ensemble = json.loads((output / "ensemble" / "summary.json").read_text())
+    single = json.loads((output / "summary.json").read_text())
+    assert ensemble["ensemble_size"] == 2 and ensemble["model_paths"] == [model, model]
+    assert ensemble["threshold"] == pytest.approx(single["threshold"], abs=1e-6)
+    for name in ("synth_b", "synth_c"):
+        assert ensemble["sites"][name]["auc"] == pytest.approx(single["sites"][name]["auc"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -356,23 +388,38 @@ def test_ablate_rejects_a_variant_name_twice(tmp_path):
 
 
 @pytest.mark.slow
-def test_ablate_runs_each_variant_and_writes_results(tmp_path, synthetic_sites):
-    result = run_cli(["ablate", "--output", str(tmp_path / "abl"), "--vary",
-                      "augment.histogram_match_probability=0", "--variant",
+def test_ablate_runs_each_variant_per_seed_and_writes_results(tmp_path, synthetic_sites):
+    result = run_cli(["ablate", "--output", str(tmp_path / "abl"), "--seeds", "0,1", "--variant",
                       "report-only: leakage=report-only batch_size=8",
                       "--", *site_flags(synthetic_sites), *FAST,
                       "--epochs", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     entries = json.loads((tmp_path / "abl" / "results.json").read_text())
-    assert [entry["name"] for entry in entries] == ["base", "histogram_match_probability=0", "report-only"]
+    assert [(entry["name"], entry["seed"]) for entry in entries] == [
+        ("base", 0), ("base", 1), ("report-only", 0), ("report-only", 1)]
     text = (tmp_path / "abl" / "RESULTS.md").read_text()
-    assert "synth_c AUC (leak-free)" in text and "--set augment.histogram_match_probability=0" in text
-    assert "--set leakage=report-only --set batch_size=8" in text
-    config = json.loads((tmp_path / "abl" / "03-report-only" / "config.json").read_text())
+    assert "synth_c AUC (source-disjoint)" in text and "--set leakage=report-only --set batch_size=8" in text
+    assert "--set seed=1" in text and "## Over seeds" in text
+    config = json.loads((tmp_path / "abl" / "04-report-only-seed1" / "config.json").read_text())
     assert config["data"]["leakage"] == "report-only" and config["trainer"]["batch_size"] == 8
+    assert config["seed"] == 1
     for entry in entries:
         auc = entry["summary"]["sites"]["synth_c"]["auc"]
         assert f"{auc:.3f}" in text
+    base = [entry["summary"]["sites"]["synth_c"]["auc"] for entry in entries[:2]]
+    mean, sd = sum(base) / 2, abs(base[0] - base[1]) / 2 ** 0.5
+    assert f"| base | 0, 1 | {mean:.3f} ± {sd:.3f} ({base[0]:.3f}, {base[1]:.3f})" in text
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--seeds", "0,x"], "integers >= 0"),
+    (["--seeds", "1,1"], "twice"),
+    (["--seeds", "0,1", "--vary", "seed=3,4"], "leave seed= out"),
+    (["--seeds", "0,1", "--", "--set", "seed=2"], "leave seed= out"),
+])
+def test_ablate_seed_usage_errors(tmp_path, arguments, message):
+    result = CliRunner().invoke(cli, ["ablate", "--output", str(tmp_path / "abl"), *arguments])
+    assert result.exit_code == 2 and message in result.output and not (tmp_path / "abl").exists()
 
 
 def test_dataset_inputs_survive_a_concurrent_registration(monkeypatch):

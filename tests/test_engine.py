@@ -161,3 +161,24 @@ def test_a_stop_signal_while_loading_exits_for_requeue_and_leaves_nothing(tmp_pa
     assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
     assert not (tmp_path / "run" / "backup" / "state.json").exists()
     assert runs_of(config)[1] == []
+
+
+def test_predict_step_averages_a_seed_ensemble():
+    """A list of models is one predictor: the mean of their probabilities, per image, in input order."""
+    import keras
+
+    from training.cluster import choose_strategy
+    from training.steps import make_predict_step, predict_site
+
+    def scaled_mean(scale):  # probability = scale * mean pixel / 255, a different value per image
+        inputs = keras.Input((8, 8, 1))
+        outputs = keras.layers.Lambda(lambda x: scale * keras.ops.mean(x, axis=(1, 2)) / 255.0)(inputs)
+        return keras.Model(inputs, outputs)
+
+    images = np.random.default_rng(0).integers(0, 256, (7, 8, 8), dtype=np.uint8)
+    cluster = choose_strategy()
+    scores = predict_site(cluster, make_predict_step(cluster, [scaled_mean(0.2), scaled_mean(1.0)]), images, 4)
+    expected = 0.6 * images.reshape(7, -1).mean(axis=1) / 255.0
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    single = predict_site(cluster, make_predict_step(cluster, scaled_mean(1.0)), images, 4)
+    np.testing.assert_allclose(single, expected / 0.6, rtol=1e-5)

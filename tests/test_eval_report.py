@@ -28,21 +28,28 @@ MOS_SUBCLASSES = ("glioma", "meningioma", "pituitary", "notumor")
 
 
 def synthetic_rows(seed=0):
-    """A NAV-like validation site and a MOS-like test site with some leaked images."""
+    """A NAV-like validation site and a MOS-like test site with some leaked images.
+
+    MOS: 3 notumor images are near-duplicates of the training set used, 6
+    more of the training site as given (removed by the leakage policy);
+    its shortcut scores separate the classes perfectly.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     for index in range(60):
         label = int(index % 3 != 0)
         score = float(np.clip(rng.normal(0.35 + 0.35 * label, 0.2), 0, 1))
         rows.append(PredictionRow("nav", "val", f"{'yes' if label else 'no'}/{index} a.jpg",
-                                  label, "tumour" if label else "no_tumour", score))
+                                  label, "tumour" if label else "no_tumour", score,
+                                  shortcut_score=float(rng.uniform())))
     for index in range(120):
         subclass = MOS_SUBCLASSES[index % 4]
         label = int(subclass != "notumor")
         score = float(np.clip(rng.normal(0.3 + 0.3 * label, 0.25), 0, 1))
         leaked = subclass == "notumor" and index % 40 == 3
+        near = subclass == "notumor" and index % 40 in (3, 7, 11)
         rows.append(PredictionRow("mos", "test", f"Testing/{subclass}/Te-{index:04d}.jpg",
-                                  label, subclass, score, leaked))
+                                  label, subclass, score, leaked, near, shortcut_score=0.25 + 0.5 * label))
     return rows
 
 
@@ -62,6 +69,9 @@ def test_prediction_row_validation():
         PredictionRow("mos", "train", "a.jpg", 1, "glioma", 0.5)
     with pytest.raises(ValueError):
         PredictionRow("mos", "test", "a.jpg", 2, "glioma", 0.5)
+    with pytest.raises(ValueError, match="implies"):
+        PredictionRow("mos", "test", "a.jpg", 1, "glioma", 0.5, leaked=True, near_train_site=False)
+    assert PredictionRow("mos", "test", "a.jpg", 1, "glioma", 0.5, leaked=True).near_train_site is True
 
 
 def test_threshold_uses_validation_rows_only(rows):
@@ -84,6 +94,16 @@ def test_evaluate_sites_full_and_leak_free(rows, results):
     assert set(mos["subclasses"]) == set(MOS_SUBCLASSES)
     assert mos["subclasses"]["notumor"]["images"] == 30
     assert mos["unique"]["subclasses"]["notumor"]["images"] == 27
+    assert mos["near_train_site_images"] == 9
+    assert mos["disjoint"]["images"] == 111 and mos["disjoint"]["negatives"] == 21
+    assert mos["disjoint"]["subclasses"]["notumor"]["images"] == 21
+    # each subset's AUC is the plain AUC of its rows
+    from eval.metrics import roc_auc
+    kept = [r for r in rows if r.site == "mos" and not r.near_train_site]
+    assert mos["disjoint"]["auc"] == roc_auc([r.label for r in kept], [r.score for r in kept])
+    # the shortcut baseline separates MOS perfectly on every subset; NAV's is random
+    assert mos["shortcut_auc"] == mos["unique"]["shortcut_auc"] == mos["disjoint"]["shortcut_auc"] == 1.0
+    assert abs(sites["nav"]["shortcut_auc"] - 0.5) < 0.2
     # full-site numbers are the plain metrics of that site's rows
     labels = np.array([r.label for r in rows if r.site == "mos"])
     scores = np.array([r.score for r in rows if r.site == "mos"])
@@ -99,10 +119,15 @@ def test_mlflow_metric_names(results):
                  "test_mos_specificity", "test_mos_ece", "test_mos_unique_auc",
                  "test_mos_unique_images",
                  "val_nav_auc", "test_mos_glioma_detection_rate", "test_mos_notumor_specificity",
-                 "test_mos_leaked_images", "decision_threshold"):
+                 "test_mos_leaked_images", "decision_threshold", "test_mos_disjoint_auc",
+                 "test_mos_disjoint_auc_ci_low", "test_mos_disjoint_images", "test_mos_near_train_site_images",
+                 "test_mos_disjoint_notumor_specificity", "test_mos_shortcut_auc",
+                 "test_mos_disjoint_shortcut_auc", "test_mos_unique_shortcut_auc_ci_high"):
         assert name in names, name
     assert names["test_mos_auc"] == sites["mos"]["auc"]
     assert names["test_mos_unique_images"] == 117.0
+    assert names["test_mos_disjoint_images"] == 111.0 and names["test_mos_near_train_site_images"] == 9.0
+    assert names["test_mos_disjoint_shortcut_auc"] == 1.0
     assert all(isinstance(value, float) and not math.isnan(value) for value in names.values())
 
 
@@ -129,7 +154,7 @@ def test_write_report_writes_everything(report, results):
     threshold, sites = results
     names = sorted(os.path.basename(path) for path in paths)
     assert names == sorted(["report.html", "report.md", "metrics.json", "predictions.csv", "roc.png",
-                            "roc_leak_free.png", "confusion.png", "reliability.png",
+                            "roc_leak_free.png", "roc_source_disjoint.png", "confusion.png", "reliability.png",
                             "gradcam_00_test_mos.png"])
     for path in paths:
         assert os.path.dirname(path) == str(output_dir) and os.path.getsize(path) > 0
@@ -138,13 +163,19 @@ def test_write_report_writes_everything(report, results):
                 assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
     html = (output_dir / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5  # self-contained: every figure inline
+    assert html.count("data:image/png;base64,") == 6  # self-contained: every figure inline
     assert 'src="roc.png"' not in html
     assert "leak-free" in html and "glioma" in html and f"{threshold:.4f}" in html
     mos = sites["mos"]
     auc_text = f"{mos['auc']:.3f} [{mos['auc_ci'][0]:.3f}, {mos['auc_ci'][1]:.3f}]"
     assert auc_text in html
-    assert auc_text in (output_dir / "report.md").read_text()
+    markdown = (output_dir / "report.md").read_text()
+    assert auc_text in markdown
+    disjoint = mos["disjoint"]
+    assert f"| mos | test | 111 | source-disjoint | {disjoint['auc']:.3f} [" in markdown
+    # MOS's shortcut baseline (1.0) beats the model: flagged in the table and warned about
+    assert "1.000 [1.000, 1.000] !" in markdown and "**Shortcut warning.**" in markdown
+    assert "mos (source-disjoint, 111 images)" in markdown and "nav (all" not in markdown
 
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["threshold"] == threshold and metrics["run_info"]["epochs"] == 3
@@ -160,7 +191,7 @@ def test_write_report_writes_everything(report, results):
 def test_predictions_csv_round_trip(report, rows):
     output_dir, _ = report
     text = (output_dir / "predictions.csv").read_text().splitlines()
-    assert text[0] == "site,role,relative_path,label,subclass,score,leaked"
+    assert text[0] == "site,role,relative_path,label,subclass,score,leaked,near_train_site,shortcut_score"
     assert len(text) == len(rows) + 1
     assert read_predictions_csv(output_dir / "predictions.csv") == rows
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from eval.results import auc_cell, eval_sites, overview_table, results_markdown, run_section
+import math
+
+from eval.results import (auc_cell, beyond_seed_variation, eval_sites, overview_table, results_markdown,
+                          run_section, seed_statistics, seed_tables)
 
 
 def site(role, auc, images=10, **extra):
@@ -13,16 +16,20 @@ def site(role, auc, images=10, **extra):
     return values
 
 
-def entry(name, train_images, nav_auc, mos_auc, mos_leak_free):
+def entry(name, train_images, nav_auc, mos_auc, mos_leak_free, seed=None, mos_disjoint=None):
     subclasses = {"glioma": {"images": 3, "detection_rate": 2 / 3}, "notumor": {"images": 4, "specificity": 0.25},
                   "pituitary": {"images": 3, "detection_rate": 1.0}}
     summary = {"threshold": 0.42, "threshold_method": "youden", "epochs_run": 7, "best_epoch": 5, "sites": {
         "br35h": {"role": "train", "images": train_images, "removed_by_leakage_policy": 3000 - train_images},
-        "mos": site("test", mos_auc, subclasses=subclasses, unique=site("test", mos_leak_free, images=6)),
+        "mos": site("test", mos_auc, subclasses=subclasses, unique=site("test", mos_leak_free, images=6),
+                    **({} if mos_disjoint is None else {"disjoint": site("test", mos_disjoint, images=4)})),
         "nav": site("val", nav_auc, unique=site("val", nav_auc)),
     }}
-    return {"name": name, "command": f"python train_distributed.py train --run-name {name}", "seconds": 150.0,
-            "summary": summary}
+    result = {"name": name, "command": f"python train_distributed.py train --run-name {name}", "seconds": 150.0,
+              "summary": summary}
+    if seed is not None:
+        result["seed"] = seed
+    return result
 
 
 @pytest.mark.parametrize("metrics, expected", [
@@ -42,11 +49,12 @@ def test_eval_sites_put_validation_first():
 def test_overview_table_rows():
     lines = overview_table([entry("base", 431, 0.7, 0.6, 0.55), entry("report-only", 3000, 0.99, 0.9, 0.6)])
     lines = lines.splitlines()
-    assert lines[0] == ("| run | train images | nav AUC (full) | mos AUC (full) | nav AUC (leak-free) | "
-                        "mos AUC (leak-free) | epochs | minutes |")
-    assert lines[2] == ("| base | 431 | 0.700 [0.600, 0.750] | 0.600 [0.500, 0.650] | 0.700 [0.600, 0.750] | "
-                        "0.550 [0.450, 0.600] | 7 | 2.5 |")
-    assert lines[3].startswith("| report-only | 3000 | 0.990 [0.890, 1.040]")
+    assert lines[0] == ("| run | seed | train images | nav AUC (full) | mos AUC (full) | nav AUC (leak-free) | "
+                        "mos AUC (leak-free) | nav AUC (source-disjoint) | mos AUC (source-disjoint) | epochs | "
+                        "minutes |")
+    assert lines[2] == ("| base | – | 431 | 0.700 [0.600, 0.750] | 0.600 [0.500, 0.650] | 0.700 [0.600, 0.750] | "
+                        "0.550 [0.450, 0.600] | – | – | 7 | 2.5 |")
+    assert lines[3].startswith("| report-only | – | 3000 | 0.990 [0.890, 1.040]")
 
 
 def test_run_section_has_command_thresholds_and_subclasses():
@@ -60,3 +68,45 @@ def test_run_section_has_command_thresholds_and_subclasses():
 def test_results_markdown_has_every_run():
     text = results_markdown([entry("a", 431, 0.7, 0.6, 0.5), entry("b", 815, 0.8, 0.7, 0.6)], title="T")
     assert text.startswith("# T\n") and text.count("### ") == 2
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([0.8, 0.9], {"n": 2, "mean": 0.85, "sd": 0.0707107}),
+    ([0.8, float("nan"), 0.9], {"n": 2, "mean": 0.85, "sd": 0.0707107}),
+    ([0.7], {"n": 1, "mean": 0.7, "sd": float("nan")}),
+    ([], {"n": 0, "mean": float("nan"), "sd": float("nan")}),
+])
+def test_seed_statistics(values, expected):
+    stats = seed_statistics(values)
+    assert stats["n"] == expected["n"]
+    for key in ("mean", "sd"):
+        assert (math.isnan(stats[key]) and math.isnan(expected[key])) or stats[key] == pytest.approx(expected[key])
+
+
+@pytest.mark.parametrize("first, second, expected", [
+    ([0.80, 0.81, 0.79], [0.90, 0.91, 0.89], "yes"),     # far apart, tight seeds
+    ([0.80, 0.87, 0.84], [0.85, 0.90, 0.82], "no"),      # ranges overlap
+    ([0.80, 0.90], [0.91, 1.00], "no"),                  # apart, but within 2 standard errors
+    ([0.80], [0.90, 0.91], "one seed"),
+])
+def test_beyond_seed_variation(first, second, expected):
+    assert beyond_seed_variation(seed_statistics(first), seed_statistics(second)) == expected
+
+
+def test_seed_tables_give_mean_sd_and_verdict():
+    entries = [entry("base", 431, 0.70, 0.80, 0.80, seed=0, mos_disjoint=0.55),
+               entry("base", 431, 0.72, 0.81, 0.81, seed=1, mos_disjoint=0.57),
+               entry("base", 431, 0.71, 0.79, 0.79, seed=2, mos_disjoint=0.56),
+               entry("match=0", 431, 0.60, 0.90, 0.90, seed=0, mos_disjoint=0.60),
+               entry("match=0", 431, 0.90, 0.91, 0.91, seed=1, mos_disjoint=0.40),
+               entry("match=0", 431, 0.75, 0.89, 0.89, seed=2, mos_disjoint=0.50)]
+    text = seed_tables(entries)
+    assert "| base | 0, 1, 2 | 0.710 ± 0.010 (0.700, 0.720, 0.710) | 0.710 ± 0.010 (0.700, 0.720, 0.710) | – |" in text
+    assert "0.560 ± 0.010 (0.550, 0.570, 0.560)" in text  # mos source-disjoint
+    row = next(line for line in text.splitlines() if line.startswith("| match=0 | base |"))
+    cells = row.strip("| ").split(" | ")
+    # nav full: +0.040 with seeds 0.60..0.90 around base's 0.70..0.72: not beyond seed variation;
+    # mos full: +0.100, tight and apart: beyond it; mos source-disjoint: -0.060 but spread 0.40..0.60: no
+    assert cells[2] == "+0.040 (no)" and cells[5] == "+0.100 (yes)" and cells[7] == "-0.060 (no)"
+    document = results_markdown(entries, title="T")
+    assert "## Over seeds" in document and "### base (seed 1)" in document

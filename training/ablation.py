@@ -3,7 +3,9 @@
 A plan is a list of ``(name, ["--set", "key=value", ...])``: ``--vary KEY=V1,V2``
 changes one key per run (``one-at-a-time``: a base run plus one run per value;
 ``grid``: every combination), ``--variant 'NAME: KEY=V KEY=V'`` changes several
-keys together.
+keys together. With seeds (``--seeds 0,1,2``) every variant runs once per seed,
+and the tables give mean, sd and each seed's value, and say whether a
+variant's difference from the first variant exceeds seed variation.
 """
 from __future__ import annotations
 
@@ -66,27 +68,70 @@ def ablation_plan(varies: Sequence[str], named_variants: Sequence[str], mode: st
     return variants
 
 
-def run_ablation(plan: list[tuple[str, list[str]]], train_arguments: Sequence[str], root: Path, title: str,
-                 script: Path, say: Callable[[str], None] = print) -> str:
-    """Run ``script train`` per variant into ``root/NN-name``; write results.json and RESULTS.md; return it."""
-    from eval.results import results_markdown
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; ValueError for anything but distinct integers >= 0."""
+    parts = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(not part.isdigit() for part in parts):
+        raise ValueError(f"--seeds {text!r} must be integers >= 0 separated by commas, e.g. 0,1,2")
+    seeds = [int(part) for part in parts]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r} names a seed twice")
+    return seeds
 
+
+def _sets_seed(arguments: Sequence[str]) -> bool:
+    return any(previous == "--set" and item.replace(" ", "").startswith("seed=")
+               for previous, item in zip(arguments, arguments[1:])) or any(
+        item.startswith("--set=seed=") for item in arguments)
+
+
+def check_ablation_arguments(plan: list[tuple[str, list[str]]], train_arguments: Sequence[str],
+                             seeds: Sequence[int] = ()) -> list[str]:
+    """The train arguments without ``--``; ValueError for what ablate sets itself (output, run name, seed)."""
     arguments = [a for a in train_arguments if a != "--"]
     if any(a in ("--output", "--run-name") or a.startswith(("--output=", "--run-name=")) for a in arguments):
         raise ValueError("ablate sets --output and --run-name of each run itself")
+    if seeds and (_sets_seed(arguments) or any(_sets_seed(extra) for _, extra in plan)):
+        raise ValueError("--seeds sets the seed of every run; leave seed= out of --set, --vary and --variant")
+    return arguments
+
+
+def run_ablation(plan: list[tuple[str, list[str]]], train_arguments: Sequence[str], root: Path, title: str,
+                 script: Path, say: Callable[[str], None] = print, seeds: Sequence[int] = ()) -> str:
+    """Run ``script train`` per variant (and seed) into ``root/NN-name[-seedS]``; write results.json and RESULTS.md.
+
+    Returns the RESULTS.md text. ``seeds`` empty: one run per variant with
+    the seed of the train arguments. A folder holding a finished run is
+    reused as ``train`` itself does (it logs nothing twice), so an ablation
+    stopped midway continues where it stopped.
+    """
+    from eval.results import results_markdown
+
+    arguments = check_ablation_arguments(plan, train_arguments, seeds)
+    runs = [(name, extra, None) for name, extra in plan] if not seeds else \
+        [(name, extra, seed) for name, extra in plan for seed in seeds]
     root.mkdir(parents=True, exist_ok=True)
     entries = []
-    for index, (name, extra) in enumerate(plan, 1):
-        folder = root / f"{index:02d}-{name.replace('=', '-').replace(',', '_')}"
-        tail = [*arguments, *extra, "--output", str(folder), "--run-name", name]
+    for index, (name, extra, seed) in enumerate(runs, 1):
+        folder_name = f"{index:02d}-{name.replace('=', '-').replace(',', '_')}"
+        run_name = name
+        if seed is not None:
+            extra = [*extra, "--set", f"seed={seed}"]
+            folder_name += f"-seed{seed}"
+            run_name += f" seed={seed}"
+        folder = root / folder_name
+        tail = [*arguments, *extra, "--output", str(folder), "--run-name", run_name]
         shown = shlex.join(["python", script.name, "train", *tail])
-        say(f"[{index}/{len(plan)}] {name}: {shown}")
+        say(f"[{index}/{len(runs)}] {run_name}: {shown}")
         start = time.time()
         status = subprocess.call([sys.executable, str(script), "train", *tail])
         if status != 0:
-            raise RuntimeError(f"run {name!r} failed with status {status}; see its output above")
+            raise RuntimeError(f"run {run_name!r} failed with status {status}; see its output above")
         summary = json.loads((folder / "summary.json").read_text())
-        entries.append({"name": name, "command": shown, "seconds": time.time() - start, "summary": summary})
+        entry = {"name": name, "command": shown, "seconds": time.time() - start, "summary": summary}
+        if seed is not None:
+            entry["seed"] = seed
+        entries.append(entry)
         write_json_atomic(root / "results.json", entries)
         (root / "RESULTS.md").write_text(results_markdown(entries, title=title))
     return (root / "RESULTS.md").read_text()

@@ -1,12 +1,20 @@
 """Evaluate a model on every validation and test site: predictions, threshold, report, MLflow.
 
 Used at the end of training (best weights) and by ``evaluate`` on any saved
-model. Predictions run on every worker (they are collective); only the chief
-writes files and logs.
+model or several (a seed ensemble). Predictions run on every worker (they
+are collective); only the chief writes files and logs.
+
+What each evaluated image is compared with comes from the run's
+``train_hashes.npz`` (:class:`TrainingReference`): the perceptual hashes of
+the training set that was used (leak-free subset) and of the whole training
+site as given (source-disjoint subset), and the non-anatomical image
+statistics of the training set, on which the shortcut baseline is fit.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -18,15 +26,98 @@ from training.steps import predict_site
 from training.tracking import Tracker
 
 
+@dataclasses.dataclass
+class TrainingReference:
+    """The training data an evaluation compares each image with (``train_hashes.npz``).
+
+    Attributes:
+        hashes: (N, W) uint64 perceptual hashes of the training set that was
+            used (after the leakage policy).
+        site_hashes: (M, W) uint64 hashes of the whole training site as given
+            (M >= N); equal to ``hashes`` for files written before it existed.
+        threshold_bits: near-duplicate threshold the hashes are compared at.
+        features: (N, F) float64 non-anatomical statistics of the training
+            set used (``datasets.shortcuts.FEATURE_NAMES``), or None.
+        labels: (N,) int labels of the training set used, or None.
+        feature_names: names of the ``features`` columns.
+    """
+
+    hashes: np.ndarray
+    site_hashes: np.ndarray
+    threshold_bits: int
+    features: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    feature_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_sites(cls, used, given, threshold_bits: int) -> "TrainingReference":
+        """From the training site after (``used``) and before (``given``) the policy (``CachedSite``)."""
+        features = getattr(used, "features", None)
+        from datasets.shortcuts import FEATURE_NAMES
+
+        return cls(used.hashes, given.hashes, int(threshold_bits), features,
+                   None if features is None else used.labels.astype(np.int64),
+                   FEATURE_NAMES if features is not None else ())
+
+    def save(self, path: Path, keys: Sequence[str]) -> None:
+        arrays = {"keys": np.array(list(keys)), "hashes": self.hashes, "site_hashes": self.site_hashes,
+                  "threshold_bits": self.threshold_bits}
+        if self.features is not None:
+            arrays.update(features=self.features, labels=self.labels, feature_names=np.array(self.feature_names))
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainingReference":
+        """Read ``train_hashes.npz``; ValueError naming the file when it is not one."""
+        try:
+            with np.load(path) as stored:
+                hashes = stored["hashes"]
+                site_hashes = stored["site_hashes"] if "site_hashes" in stored else hashes
+                features = stored["features"] if "features" in stored else None
+                return cls(hashes, site_hashes, int(stored["threshold_bits"]), features,
+                           stored["labels"] if features is not None else None,
+                           tuple(str(n) for n in stored["feature_names"]) if features is not None else ())
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"{path} is not a train_hashes.npz written by train: {error}") from None
+
+    @classmethod
+    def empty(cls) -> "TrainingReference":
+        """No training data known: nothing is leaked, no shortcut baseline."""
+        return cls(np.zeros((0, 1), np.uint64), np.zeros((0, 1), np.uint64), 0)
+
+    def flags(self, site) -> tuple[np.ndarray, np.ndarray]:
+        """(leaked, near_train_site): (N,) bool each for a site's images."""
+        from datasets.audit import leaked_flags
+
+        leaked = leaked_flags(site.hashes, self.hashes, self.threshold_bits)
+        near = leaked_flags(site.hashes, self.site_hashes, self.threshold_bits) | leaked
+        return leaked, near
+
+    def shortcut_scores(self, site, seed: int) -> np.ndarray:
+        """(N,) float64 shortcut-baseline probabilities for a site's images; nan when unknown.
+
+        Unknown: no training features stored, features of another version,
+        or a training set with one class.
+        """
+        from datasets.shortcuts import FEATURE_NAMES, shortcut_baseline_scores
+
+        features = getattr(site, "features", None)
+        if (self.features is None or features is None or tuple(self.feature_names) != FEATURE_NAMES
+                or len(np.unique(self.labels)) < 2):
+            return np.full(len(site.samples), math.nan)
+        return shortcut_baseline_scores(self.features, self.labels, features, seed=seed)
+
+
 def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker, model, predict_step,
-                        sites: Mapping, roles: Mapping[str, str], output: Path, train_hashes: np.ndarray,
-                        threshold_bits: int, threshold: float | None = None,
-                        check_stop: Callable[[str], None] | None = None) -> dict:
+                        sites: Mapping, roles: Mapping[str, str], output: Path, reference: TrainingReference,
+                        threshold: float | None = None, check_stop: Callable[[str], None] | None = None,
+                        extra_info: Mapping[str, str] | None = None) -> dict:
     """Predict every val/test site, choose the threshold on val, write the report, log it once.
+
+    ``model`` is the model Grad-CAM explains (None: no Grad-CAM).
 
     Returns the summary: ``{"threshold", "threshold_method", "sites": {name: metrics + role}}``.
     """
-    from datasets.audit import leaked_flags
     from eval.gradcam import grad_cam, gradcam_montage, select_gradcam_examples
     from eval.report import (PredictionRow, evaluate_sites, mlflow_metric_names, threshold_from_validation,
                              write_report)
@@ -41,10 +132,12 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
         site = sites[name]
         scores = predict_site(cluster, predict_step, site.images, config.trainer.batch_size)
         scores_by_site[name] = scores
-        leaked = leaked_flags(site.hashes, train_hashes, threshold_bits)
+        leaked, near = reference.flags(site)
+        shortcut = reference.shortcut_scores(site, config.seed)
         rows += [PredictionRow(site=name, role=role, relative_path=s.relative_path, label=s.label,
-                               subclass=s.subclass, score=float(score), leaked=bool(flag))
-                 for s, score, flag in zip(site.samples, scores, leaked)]
+                               subclass=s.subclass, score=float(score), leaked=bool(flag),
+                               near_train_site=bool(near_flag), shortcut_score=float(short))
+                 for s, score, flag, near_flag, short in zip(site.samples, scores, leaked, near, shortcut)]
     if threshold is None:
         threshold = threshold_from_validation(rows, method=evaluation.threshold_method,
                                               target_sensitivity=evaluation.target_sensitivity)
@@ -55,7 +148,7 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
         return summary
     gradcam = {}
     kinds = ("tp", "fp", "tn", "fn")
-    for name, scores in scores_by_site.items():
+    for name, scores in scores_by_site.items() if model is not None else ():
         site = sites[name]
         picks = select_gradcam_examples(site.labels, scores, threshold, per_kind=evaluation.gradcam_examples,
                                         seed=config.seed)
@@ -67,7 +160,7 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
         gradcam[name] = gradcam_montage(site.images[order], heatmaps, titles)
     run_info = {"mlflow_run_id": tracker.run_id, "train_site": config.data.train_site,
                 "weights": config.model.weights, "image_size": config.data.image_size,
-                "leakage": config.data.leakage}
+                "leakage": config.data.leakage, **(extra_info or {})}
     paths = write_report(output, rows, results, threshold=threshold,
                          title="Cross-site evaluation", run_info=run_info, gradcam=gradcam)
     for path in paths:
@@ -77,42 +170,83 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
 
 
 def results_table(summary: dict) -> str:
-    """The per-site markdown table (AUC with CI, full / leak-free, sensitivity, specificity)."""
+    """The per-site markdown table (AUC with CI and the shortcut baseline per subset, sensitivity, specificity)."""
     from eval.report import markdown_table, site_table
 
     results = {name: values for name, values in summary["sites"].items() if values.get("role") != "train"}
     return markdown_table(*site_table(results))
 
 
-def evaluate_saved_model(model_path: str, specs: Sequence[tuple[str, str]], *, val_name: str,
+def _load_models(model_paths: Sequence[str]) -> list:
+    import keras
+
+    from training.model import custom_objects
+
+    models = []
+    for path in model_paths:
+        try:
+            models.append(keras.models.load_model(path, custom_objects=custom_objects()))
+        except Exception as error:
+            raise ValueError(f"{path} cannot be loaded as a Keras model: {error}") from None
+    sizes = {int(model.inputs[0].shape[1]) for model in models}
+    if len(sizes) > 1:
+        raise ValueError(f"the models take different image sizes ({sorted(sizes)}); an ensemble needs one size")
+    return models
+
+
+def _training_reference(model_paths: Sequence[str], train_hashes: str | None) -> TrainingReference:
+    """``--train-hashes`` or the ``train_hashes.npz`` beside the models (all the same), else none."""
+    if train_hashes:
+        return TrainingReference.load(Path(train_hashes))
+    found = [Path(path).parent / "train_hashes.npz" for path in model_paths]
+    found = [path for path in found if path.exists()]
+    if not found:
+        return TrainingReference.empty()
+    references = [TrainingReference.load(path) for path in found]
+    first = references[0]
+    for path, other in zip(found[1:], references[1:]):
+        if (other.threshold_bits != first.threshold_bits or not np.array_equal(other.hashes, first.hashes)
+                or not np.array_equal(other.site_hashes, first.site_hashes)):
+            raise ValueError(f"{found[0]} and {path} describe different training sets: the models of an "
+                             "ensemble must come from one training set, or pass --train-hashes")
+    return first
+
+
+def evaluate_saved_model(model_paths: Sequence[str], specs: Sequence[tuple[str, str]], *, val_name: str,
                          threshold: float | None, train_hashes: str | None, output: Path, tracking_uri: str,
                          experiment: str, cache_dir: str, seed: int,
                          test_time_augmentation: str | None = None, say: Callable[[str], None] = print) -> dict:
-    """``evaluate``: any saved model on any sites, with the same report as training."""
-    import keras
+    """``evaluate``: any saved model on any sites, with the same report as training.
 
+    Several models are a seed ensemble: their probabilities are averaged per
+    image and evaluated as one model (threshold from ``val_name`` or
+    ``threshold``; no Grad-CAM). Crop settings and test-time augmentation
+    default to the first model's run.
+    """
     from datasets.cache import CropParams, load_sites
     from training.cluster import choose_strategy
     from training.console import progress_printer
-    from training.model import custom_objects
     from training.state import write_json_atomic
     from training.steps import make_predict_step
 
-    try:
-        model = keras.models.load_model(model_path, custom_objects=custom_objects())
-    except Exception as error:
-        raise ValueError(f"{model_path} cannot be loaded as a Keras model: {error}") from None
-    model_dir = Path(model_path).parent
-    image_size = int(model.inputs[0].shape[1])
+    model_paths = list(model_paths)
+    if not model_paths:
+        raise ValueError("give at least one --model")
+    models = _load_models(model_paths)
+    model_dir = Path(model_paths[0]).parent
+    image_size = int(models[0].inputs[0].shape[1])
     saved = {}
     if (model_dir / "config.json").exists():
         saved = TrainConfig.from_settings(json.loads((model_dir / "config.json").read_text())).flat()
     if threshold is None and not val_name:
+        if len(models) > 1:
+            raise ValueError("an ensemble of several models needs --val-site or --threshold")
         if not (model_dir / "summary.json").exists():
             raise ValueError("no --threshold, no --val-site and no summary.json next to the model")
         threshold = json.loads((model_dir / "summary.json").read_text())["threshold"]
     if test_time_augmentation is None:
         test_time_augmentation = saved.get("test_time_augmentation", "none")
+    reference = _training_reference(model_paths, train_hashes)
     config = TrainConfig.from_settings({
         "image_size": image_size, "cache_dir": cache_dir, "seed": seed, "batch_size": 32, "output": str(output),
         "test_time_augmentation": test_time_augmentation, "crop": saved.get("crop", True),
@@ -120,23 +254,20 @@ def evaluate_saved_model(model_path: str, specs: Sequence[tuple[str, str]], *, v
     params = CropParams(image_size=image_size, margin=config.data.crop_margin, crop=config.data.crop,
                         max_pixels=config.data.max_pixels)
     sites = load_sites(specs, params, cache_dir=cache_dir or None, report=say, progress=progress_printer())
-    hashes_file = Path(train_hashes) if train_hashes else model_dir / "train_hashes.npz"
-    stored_hashes, bits = np.zeros((0, 1), np.uint64), 0
-    if hashes_file.exists():
-        with np.load(hashes_file) as stored:
-            stored_hashes, bits = stored["hashes"], int(stored["threshold_bits"])
     cluster = choose_strategy()
     roles = {name: ("val" if name == val_name else "test") for name, _ in specs}
     tracker = Tracker(bool(experiment), tracking_uri, experiment or "brainmri")
-    tracker.start("", f"evaluate-{model_dir.name}"
-                      + ("" if test_time_augmentation == "none" else f"-tta-{test_time_augmentation}"))
-    tracker.log_params({"model_path": model_path, "test_time_augmentation": test_time_augmentation})
-    predict_step = make_predict_step(cluster, model, test_time_augmentation)
+    name = f"evaluate-{model_dir.name}" + (f"-ensemble{len(models)}" if len(models) > 1 else "")
+    tracker.start("", name + ("" if test_time_augmentation == "none" else f"-tta-{test_time_augmentation}"))
+    tracker.log_params({"model_path": ",".join(model_paths)[:6000], "ensemble_size": len(models),
+                        "test_time_augmentation": test_time_augmentation})
+    predict_step = make_predict_step(cluster, models, test_time_augmentation)
     output.mkdir(parents=True, exist_ok=True)
-    summary = evaluate_and_report(config, cluster, tracker, model, predict_step, sites, roles, output,
-                                  stored_hashes, bits, threshold)
-    summary.update(model_path=model_path, mlflow_run_id=tracker.run_id,
-                   test_time_augmentation=test_time_augmentation)
+    extra = {"models": ", ".join(model_paths)} if len(models) > 1 else {}
+    summary = evaluate_and_report(config, cluster, tracker, models[0] if len(models) == 1 else None, predict_step,
+                                  sites, roles, output, reference, threshold, extra_info=extra)
+    summary.update(model_path=model_paths[0], model_paths=model_paths, ensemble_size=len(models),
+                   mlflow_run_id=tracker.run_id, test_time_augmentation=test_time_augmentation)
     write_json_atomic(output / "summary.json", summary)
     tracker.log_artifact(output / "summary.json")
     tracker.end("FINISHED")

@@ -42,6 +42,8 @@ class RunData:
     reference_names: list[str]
     pool: np.ndarray | None
     audit_paths: list[Path]
+    reference: Any = None  # training.evaluation.TrainingReference
+    shortcuts: dict = dataclasses.field(default_factory=dict)
 
 
 def run_training(config: TrainConfig) -> int:
@@ -166,8 +168,9 @@ def _run(config: TrainConfig, stop: StopSignal) -> int:
 
 def prepare_data(config: TrainConfig, cluster: Cluster, stop: StopSignal, output: Path) -> RunData:
     """Validate, crop and cache every site; audit leakage; apply the policy; the matching pool."""
-    from datasets.audit import apply_leakage_policy, audit_sites, write_audit_outputs
+    from datasets.audit import apply_leakage_policy, audit_shortcuts, audit_sites, write_audit_outputs
     from datasets.cache import CropParams, load_sites
+    from training.evaluation import TrainingReference
 
     chief = cluster.is_chief
     data = config.data
@@ -186,22 +189,65 @@ def prepare_data(config: TrainConfig, cluster: Cluster, stop: StopSignal, output
     eval_names = [name for name, role in roles.items() if role != "train"]
     kept, removed = apply_leakage_policy(audit_result, {n: s.samples for n, s in sites.items()},
                                          policy=data.leakage, train_site=train_name, eval_sites=eval_names)
-    audit_paths = write_audit_outputs(audit_result, sites, output) if chief else []
+    given_sites = dict(sites)
     for name, site in list(sites.items()):
         keep_keys = {sample.key for sample in kept[name]}
         sites[name] = site.subset([i for i, s in enumerate(site.samples) if s.key in keep_keys])
     say(f"leakage policy {data.leakage}: removed " + ", ".join(f"{name} {count}" for name, count in removed.items()),
         chief=chief)
+    shortcuts = audit_shortcuts({name: sites[name] if name == train_name else given_sites[name]
+                                 for name in sites}, train_name, n_resamples=config.evaluation.bootstrap_resamples,
+                                seed=config.seed, train_site_hashes=given_sites[train_name].hashes,
+                                threshold_bits=data.threshold_bits)
+    stop.check("the shortcut audit")
+    for line in shortcut_summary(shortcuts):
+        say(line, chief=chief)
+    audit_paths = write_audit_outputs(audit_result, given_sites, output, {"shortcuts": shortcuts}) if chief else []
+    given_train_site = given_sites[train_name]
     train_site = sites[train_name]
+    reference = TrainingReference.from_sites(train_site, given_train_site, data.threshold_bits)
     if chief:
-        np.savez(output / "train_hashes.npz", keys=np.array([s.key for s in train_site.samples]),
-                 hashes=train_site.hashes, threshold_bits=data.threshold_bits)
+        reference.save(output / "train_hashes.npz", [s.key for s in train_site.samples])
     reference_names = [name for name in config.reference_site_names() if name != train_name] or \
         config.reference_site_names()
     pool = np.concatenate([sites[name].images for name in reference_names]) if reference_names else None
     say(f"histogram-matching pool: {', '.join(reference_names)} ({0 if pool is None else len(pool)} images)",
         chief=chief)
-    return RunData(sites, roles, train_name, val_name, removed, digests, reference_names, pool, audit_paths)
+    return RunData(sites, roles, train_name, val_name, removed, digests, reference_names, pool, audit_paths,
+                   reference, shortcuts)
+
+
+def shortcut_summary(shortcuts: dict) -> list[str]:
+    """Console lines: per site the shortcut baseline, the within-site CV AUC and the strongest single feature."""
+    lines = [f"shortcut audit (non-anatomical image statistics; baseline fit on {shortcuts['train_site']}; "
+             f"full table in audit.json or the audit command):"]
+    for site, entry in shortcuts["sites"].items():
+        aucs = {name: values["auc"] for name, values in entry["feature_auc"].items() if values["auc"] is not None}
+        best = max(aucs, key=aucs.get) if aucs else None
+        parts = [f"baseline AUC {entry['baseline']['auc']:.3f}" if (entry.get("baseline") or {}).get("auc")
+                 is not None else "training site"]
+        if entry["cross_validated"]["auc"] is not None:
+            parts.append(f"explained within the site {entry['cross_validated']['auc']:.3f}")
+        if best:
+            parts.append(f"strongest feature {best} {aucs[best]:.3f}")
+        lines.append(f"  {site}: " + ", ".join(parts))
+    return lines
+
+
+def shortcut_metric_names(shortcuts: dict) -> dict[str, float]:
+    """MLflow metrics of the shortcut audit: ``shortcut_{site}_baseline_auc``, ``_cv_auc``, ``_{feature}_auc``."""
+    metrics = {}
+    for site, entry in shortcuts.get("sites", {}).items():
+        for key, name in (("baseline", "baseline_auc"), ("cross_validated", "cv_auc")):
+            if (entry.get(key) or {}).get("auc") is not None:
+                metrics[f"shortcut_{site}_{name}"] = entry[key]["auc"]
+        for feature, values in entry.get("feature_auc", {}).items():
+            if values.get("auc") is not None:
+                metrics[f"shortcut_{site}_{feature}_auc"] = values["auc"]
+    separability = shortcuts.get("site_separability") or {}
+    if separability.get("balanced_accuracy") is not None:
+        metrics["shortcut_site_separability_balanced_accuracy"] = separability["balanced_accuracy"]
+    return metrics
 
 
 def balanced_class_weights(labels: np.ndarray) -> tuple[float, float]:
@@ -238,6 +284,7 @@ def log_setup(config: TrainConfig, cluster: Cluster, tracker: Tracker, data: Run
         tracker.log_artifact(path, artifact_path="audit")
     tracker.log_metrics({f"leakage_removed_{name}": count for name, count in data.removed.items()})
     tracker.log_metrics({f"images_{name}": len(site.samples) for name, site in data.sites.items()})
+    tracker.log_metrics(shortcut_metric_names(data.shortcuts))
     tracker.log_datasets(data.sites, data.roles)
     tracker.log_params({"reference_pool_sites": ",".join(data.reference_names),
                         "reference_pool_images": 0 if data.pool is None else len(data.pool)})
@@ -364,7 +411,7 @@ def finish(config: TrainConfig, cluster: Cluster, model, store: CheckpointStore,
             raise RequeueRequested(f"{stop.signal_name or 'stop'} received during {where}")
 
     summary = evaluate_and_report(config, cluster, tracker, model, predict_step, data.sites, data.roles, output,
-                                  train_site.hashes, config.data.threshold_bits, check_stop=check_stop)
+                                  data.reference, check_stop=check_stop)
     summary.update(epochs_run=state.epoch, best_epoch=state.schedule.best_epoch, mlflow_run_id=state.run_id,
                    model_path=str(output / "model.keras"), removed=data.removed)
     summary["sites"][data.train_name] = {"role": "train", "images": len(train_site.samples),

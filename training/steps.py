@@ -75,15 +75,19 @@ def make_agreement(cluster: Cluster) -> Callable[[bool], bool]:
 def make_predict_step(cluster: Cluster, model, test_time_augmentation: str = "none") -> Callable:
     """A tf.function: next batch of an eval iterator -> gathered (probabilities, labels, indices).
 
-    ``test_time_augmentation="flips"`` averages the probabilities of the image and its
-    left-right, up-down and both-ways flips (the training augmentation flips both ways).
+    ``model`` is one Keras model or a list of them (a seed ensemble: their
+    probabilities are averaged). ``test_time_augmentation="flips"`` averages
+    the probabilities of the image and its left-right, up-down and both-ways
+    flips (the training augmentation flips both ways).
     """
     strategy = cluster.strategy
     flip_axes = TEST_TIME_FLIPS[test_time_augmentation]
+    members = list(model) if isinstance(model, (list, tuple)) else [model]
 
     def replica_predict(images, labels, indices):
         views = [tf.reverse(images, axis=list(axes)) if axes else images for axes in flip_axes]
-        probabilities = [tf.cast(model(view, training=False), tf.float32)[:, 0] for view in views]
+        probabilities = [tf.cast(member(view, training=False), tf.float32)[:, 0]
+                         for member in members for view in views]
         return tf.add_n(probabilities) / len(probabilities), labels, indices
 
     @tf.function
