@@ -39,6 +39,12 @@ SCALAR_METRICS = (
 )
 #: A model AUC less than this above the shortcut baseline's, on the same images, is flagged.
 SHORTCUT_MARGIN = 0.05
+SHORTCUT_AUDIT_NOTE = (
+    "AUC for tumour vs no tumour of non-anatomical statistics of each original file alone (0.5: useless, "
+    "1.0: perfect; + a higher, - a lower value means tumour), with 95% bootstrap CIs; then a small "
+    "classifier on all of them fit on the training set used and applied to each site (the shortcut "
+    "baseline), and the same classifier cross-validated within each site. High values mean the labels "
+    "can be predicted without looking at the brain.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,6 +382,43 @@ def subclass_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]
     return header, rows
 
 
+def shortcut_audit_table(shortcuts: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the shortcut audit (``audit.json["shortcuts"]``): features x sites.
+
+    Cells are the oriented AUC of each statistic alone with its CI and the
+    direction (``+`` higher / ``-`` lower value means tumour), then the
+    baseline fit on the training site (and on the images with no copy in
+    it, where measured) and the within-site cross-validated AUC.
+    """
+    sites = list(shortcuts.get("sites", {}))
+    train = shortcuts.get("train_site", "")
+    header = ["statistic"] + [f"{site} ({shortcuts['sites'][site]['images']} images)" for site in sites]
+
+    def cell(entry: dict | None) -> str:
+        if not entry or entry.get("auc") is None:
+            return "n/a"
+        low, high = entry.get("ci") or [None, None]
+        return f"{entry['auc']:.3f}" + ("" if low is None or high is None else f" [{low:.2f}, {high:.2f}]")
+
+    rows = []
+    for feature in shortcuts.get("features", []):
+        row = [feature]
+        for site in sites:
+            entry = shortcuts["sites"][site]["feature_auc"][feature]
+            row.append(cell(entry) + (" +" if entry.get("direction", "").startswith("higher") else " -"))
+        rows.append(row)
+    rows.append([f"baseline fit on {train}"] + ["(training site)" if site == train else
+                                                cell(shortcuts["sites"][site].get("baseline")) for site in sites])
+    if any("baseline_source_disjoint" in shortcuts["sites"][site] for site in sites):
+        rows.append([f"baseline on images with no copy in {train}"] + [
+            "" if site == train else
+            f"{cell(shortcuts['sites'][site]['baseline_source_disjoint'])} "
+            f"({shortcuts['sites'][site]['baseline_source_disjoint']['images']} images)" for site in sites])
+    rows.append(["cross-validated within the site"] + [cell(shortcuts["sites"][site].get("cross_validated"))
+                                                       for site in sites])
+    return header, rows
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub-flavoured markdown table; ``|`` in cells is escaped."""
     def line(cells):
@@ -524,6 +567,7 @@ def write_report(
     title: str,
     run_info: dict,
     gradcam: dict | None = None,
+    shortcuts: dict | None = None,
 ) -> list[str]:
     """Write the evaluation report and its data files into ``output_dir``.
 
@@ -538,6 +582,8 @@ def write_report(
         gradcam: optional ``{caption: picture}``, picture either a uint8
             (H, W, 3) RGB montage (see ``eval.gradcam.gradcam_montage``) or
             the path of an existing PNG.
+        shortcuts: optional shortcut audit (``audit.json["shortcuts"]``),
+            shown as its own table.
 
     Returns:
         Paths written: report.html, report.md, metrics.json, predictions.csv
@@ -572,6 +618,9 @@ def write_report(
     if warnings:
         markdown += ["**Shortcut warning.**", ""] + [f"- {warning}" for warning in warnings] + [""]
     markdown += ["## Per subclass", "", markdown_table(subclass_header, subclass_rows), ""]
+    shortcut_rows = shortcut_audit_table(shortcuts) if shortcuts and shortcuts.get("sites") else None
+    if shortcut_rows:
+        markdown += ["## Shortcut audit", "", SHORTCUT_AUDIT_NOTE, "", markdown_table(*shortcut_rows), ""]
     markdown += ["## How to read this", ""] + [f"- {note}" for note in notes] + [""]
     markdown += ["## Figures", ""] + [f"![{caption}]({os.path.basename(path)})"
                                       for path, caption in figures + gradcam_figures] + [""]
@@ -589,6 +638,9 @@ def write_report(
         parts.append("<p class='warning'><b>Shortcut warning.</b></p><ul class='warning'>"
                      + "".join(f"<li>{html.escape(warning)}</li>" for warning in warnings) + "</ul>")
     parts.append("<h2>Per subclass</h2>" + _html_table(subclass_header, subclass_rows))
+    if shortcut_rows:
+        parts.append(f"<h2>Shortcut audit</h2><p class='note'>{html.escape(SHORTCUT_AUDIT_NOTE)}</p>"
+                     + _html_table(*shortcut_rows))
     parts.append("<h2>How to read this</h2><ul class='note'>"
                  + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
     parts.append("<h2>Figures</h2>" + "".join(_html_image(path, caption) for path, caption in figures))

@@ -354,3 +354,22 @@ def test_compare_on_temporary_mlflow_store(tmp_path):
     assert len(csv_lines) == 4
     with pytest.raises(ValueError):
         collect_runs("no-such-experiment", tracking_uri)
+
+
+def test_report_shows_the_shortcut_audit(tmp_path, rows, results):
+    threshold, sites = results
+    feature = {"auc": 0.956, "ci": [0.94, 0.97], "direction": "lower means tumour"}
+    shortcuts = {"train_site": "br35h", "features": ["sharpness"], "sites": {
+        "br35h": {"images": 3000, "feature_auc": {"sharpness": {**feature, "auc": 0.508}},
+                  "cross_validated": {"auc": 0.981, "ci": [0.98, 0.98]}},
+        "mos": {"images": 1311, "feature_auc": {"sharpness": feature},
+                "baseline": {"auc": 0.92, "ci": [0.9, 0.94]},
+                "baseline_source_disjoint": {"auc": 0.777, "ci": [0.69, 0.85], "images": 897},
+                "cross_validated": {"auc": 0.999, "ci": [1.0, 1.0]}}}}
+    write_report(tmp_path, rows, sites, threshold=threshold, title="t", run_info={}, shortcuts=shortcuts)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Shortcut audit" in markdown
+    assert "| sharpness | 0.508 [0.94, 0.97] - | 0.956 [0.94, 0.97] - |" in markdown
+    assert "| baseline fit on br35h | (training site) | 0.920 [0.90, 0.94] |" in markdown
+    assert "0.777 [0.69, 0.85] (897 images)" in markdown
+    assert "Shortcut audit" in (tmp_path / "report.html").read_text()

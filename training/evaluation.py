@@ -111,7 +111,7 @@ class TrainingReference:
 def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker, model, predict_step,
                         sites: Mapping, roles: Mapping[str, str], output: Path, reference: TrainingReference,
                         threshold: float | None = None, check_stop: Callable[[str], None] | None = None,
-                        extra_info: Mapping[str, str] | None = None) -> dict:
+                        extra_info: Mapping[str, str] | None = None, shortcuts: dict | None = None) -> dict:
     """Predict every val/test site, choose the threshold on val, write the report, log it once.
 
     ``model`` is the model Grad-CAM explains (None: no Grad-CAM).
@@ -162,7 +162,7 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
                 "weights": config.model.weights, "image_size": config.data.image_size,
                 "leakage": config.data.leakage, **(extra_info or {})}
     paths = write_report(output, rows, results, threshold=threshold,
-                         title="Cross-site evaluation", run_info=run_info, gradcam=gradcam)
+                         title="Cross-site evaluation", run_info=run_info, gradcam=gradcam, shortcuts=shortcuts)
     for path in paths:
         tracker.log_artifact(path, artifact_path="report")
     tracker.log_metrics_once({**mlflow_metric_names(results), "threshold": threshold})

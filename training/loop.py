@@ -411,7 +411,7 @@ def finish(config: TrainConfig, cluster: Cluster, model, store: CheckpointStore,
             raise RequeueRequested(f"{stop.signal_name or 'stop'} received during {where}")
 
     summary = evaluate_and_report(config, cluster, tracker, model, predict_step, data.sites, data.roles, output,
-                                  data.reference, check_stop=check_stop)
+                                  data.reference, check_stop=check_stop, shortcuts=data.shortcuts)
     summary.update(epochs_run=state.epoch, best_epoch=state.schedule.best_epoch, mlflow_run_id=state.run_id,
                    model_path=str(output / "model.keras"), removed=data.removed)
     summary["sites"][data.train_name] = {"role": "train", "images": len(train_site.samples),
