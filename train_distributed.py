@@ -97,8 +97,9 @@ def cli() -> None:
               help="The --site the shortcut baseline is fit on (default: the first).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and the classifiers.")
 def audit(site_values, output, image_size, threshold_bits, cache_dir, no_crop, train_name, seed) -> None:
-    """Audit sites: near-duplicates within and across sites (leakage) and shortcuts (image statistics vs label)."""
+    """Audit sites: near-duplicates (leakage), shortcuts (image statistics vs label) and data quality."""
     from datasets.audit import audit_shortcuts, audit_sites, format_audit_table, write_audit_outputs
+    from datasets.quality import cross_validated_review, format_quality_table, write_quality_outputs
     from datasets.cache import load_sites
     from datasets.phash import DEFAULT_THRESHOLD_BITS
     from datasets.shortcuts import format_shortcut_table
@@ -114,11 +115,18 @@ def audit(site_values, output, image_size, threshold_bits, cache_dir, no_crop, t
     result = audit_sites(sites, bits)
     click.echo("shortcut audit...", err=True)
     shortcuts = audit_shortcuts(sites, train_name, seed=seed, threshold_bits=bits)
-    paths = write_audit_outputs(result, sites, Path(output), {"shortcuts": shortcuts})
+    click.echo("data-quality review...", err=True)
+    quality = {name: cross_validated_review(site, seed=seed, threshold_bits=bits) for name, site in sites.items()}
+    paths = write_audit_outputs(result, sites, Path(output), {"shortcuts": shortcuts, "quality": quality})
+    index = {sample.key: site.images[row] for site in sites.values() for row, sample in enumerate(site.samples)}
+    paths += write_quality_outputs(quality, index.__getitem__, Path(output))
     click.echo(format_audit_table(result))
     click.echo("")
     click.echo("Shortcut audit: AUC of non-anatomical image statistics alone for tumour vs no tumour")
     click.echo(format_shortcut_table(shortcuts))
+    click.echo("")
+    click.echo("Data-quality review: probably not MRI (CT-like skull ring) and candidate label errors (cleanlab)")
+    click.echo(format_quality_table(quality))
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
