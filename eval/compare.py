@@ -19,12 +19,11 @@ import re
 
 from eval.plots import plot_auc_bars
 
-#: Metric suffixes read from runs, longest first so that "_unique_auc" wins over "_auc".
-VALUE_SUFFIXES = (
-    "unique_auc_ci_low", "unique_auc_ci_high", "unique_auc",
-    "disjoint_auc_ci_low", "disjoint_auc_ci_high", "disjoint_auc",
-    "auc_ci_low", "auc_ci_high", "auc",
-)
+#: Metric suffixes read from runs: the AUC of every subset, of the model and of the shortcut baseline.
+VALUE_SUFFIXES = tuple(f"{subset}{model}auc{bound}"
+                       for subset in ("unique_", "disjoint_unflagged_", "disjoint_", "")
+                       for model in ("shortcut_", "")
+                       for bound in ("_ci_low", "_ci_high", ""))
 #: The AUC of each subset: value name and title.
 SUBSET_VALUES = (("auc", "All images"), ("unique_auc", "Leak-free (near-duplicates of training images removed)"),
                  ("disjoint_auc", "Source-disjoint (near-duplicates of any training-site image removed)"))
@@ -121,16 +120,20 @@ def comparison_table(runs: list[dict]) -> list[dict]:
 
 
 def _cell(row: dict | None, value: str) -> str:
+    """``"0.870 [0.843, 0.895]"``, with ``" (shortcut 0.548)"`` when the run logged the baseline there."""
     if row is None or math.isnan(row[value]):
         return "–"
     low, high = row[f"{value}_ci_low"], row[f"{value}_ci_high"]
-    if math.isnan(low) or math.isnan(high):
-        return f"{row[value]:.3f}"
-    return f"{row[value]:.3f} [{low:.3f}, {high:.3f}]"
+    text = f"{row[value]:.3f}" if math.isnan(low) or math.isnan(high) else f"{row[value]:.3f} [{low:.3f}, {high:.3f}]"
+    shortcut = row.get(value[:-len("auc")] + "shortcut_auc", math.nan)
+    return text if math.isnan(shortcut) else f"{text} (shortcut {shortcut:.3f})"
 
 
 def format_markdown_table(rows: list[dict], value: str = "auc") -> str:
     """Markdown table, runs x sites, cells ``"0.873 [0.851, 0.894]"`` (``–`` if missing).
+
+    Where the run logged the shortcut baseline on the same images, the cell
+    ends with ``(shortcut 0.548)``.
 
     Args:
         rows: from :func:`comparison_table`.

@@ -29,9 +29,10 @@ from eval.plots import plot_confusion_matrices, plot_reliability_diagrams, plot_
 
 ROLES = ("val", "test")
 PREDICTION_COLUMNS = ("site", "role", "relative_path", "label", "subclass", "score", "leaked", "near_train_site",
-                      "shortcut_score")
+                      "shortcut_score", "flagged")
 #: Subsets every site is measured on: summary key, MLflow name part, label in tables.
-SUBSETS = (("", "", "all"), ("unique", "_unique", "leak-free"), ("disjoint", "_disjoint", "source-disjoint"))
+SUBSETS = (("", "", "all"), ("unique", "_unique", "leak-free"), ("disjoint", "_disjoint", "source-disjoint"),
+           ("disjoint_unflagged", "_disjoint_unflagged", "source-disjoint without flagged (sensitivity)"))
 #: Scalar per-site entries exported as MLflow metrics (see mlflow_metric_names).
 SCALAR_METRICS = (
     "images", "positives", "negatives", "auc", "sensitivity", "specificity",
@@ -66,6 +67,8 @@ class PredictionRow:
             means the same as ``leaked``.
         shortcut_score: the shortcut baseline's tumour probability for the
             image (non-anatomical statistics only), nan when not computed.
+        flagged: True if the data-quality review flagged the image
+            (probably not MRI, or a candidate label error).
     """
 
     site: str
@@ -77,6 +80,7 @@ class PredictionRow:
     leaked: bool = False
     near_train_site: bool | None = None
     shortcut_score: float = math.nan
+    flagged: bool = False
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -158,9 +162,13 @@ def evaluate_sites(
 
     Returns:
         ``{site: site_metrics(...) + {"role", "leaked_images",
-        "near_train_site_images", "unique": site_metrics(leak-free rows),
-        "disjoint": site_metrics(source-disjoint rows)}}``, validation sites
-        first. See :func:`eval.metrics.site_metrics` for the keys;
+        "near_train_site_images", "flagged_images", "unique":
+        site_metrics(leak-free rows), "disjoint": site_metrics(source-disjoint
+        rows), "disjoint_unflagged": the same without the rows the
+        data-quality review flagged}}``, validation sites first. The last is a
+        sensitivity analysis only: the label-issue flags on an evaluation
+        site come from the model's own probabilities, so dropping them
+        flatters the model. See :func:`eval.metrics.site_metrics` for the keys;
         ``unique["images"]`` and ``disjoint["images"]`` are the subsets'
         image counts (an empty subset has nan AUC and rates).
     """
@@ -170,13 +178,15 @@ def evaluate_sites(
         leaked = np.array([row.leaked for row in members], dtype=bool)
         near = np.array([row.near_train_site for row in members], dtype=bool)
         shortcut = np.array([row.shortcut_score for row in members], dtype=np.float64)
+        flagged = np.array([row.flagged for row in members], dtype=bool)
         result = _with_shortcut(site_metrics(labels, scores, subclasses, threshold, n_resamples=n_resamples,
                                              seed=seed, n_bins=n_bins),
                                 labels, shortcut, n_resamples=n_resamples, seed=seed)
         result["role"] = members[0].role
         result["leaked_images"] = int(leaked.sum())
         result["near_train_site_images"] = int(near.sum())
-        for key, excluded in (("unique", leaked), ("disjoint", near)):
+        result["flagged_images"] = int(flagged.sum())
+        for key, excluded in (("unique", leaked), ("disjoint", near), ("disjoint_unflagged", near | flagged)):
             kept = ~excluded
             result[key] = _with_shortcut(
                 site_metrics(labels[kept], scores[kept], subclasses[kept], threshold,
@@ -227,6 +237,7 @@ def mlflow_metric_names(results: dict[str, dict]) -> dict[str, float]:
         flat.update(_flatten_site(prefix, metrics))
         flat[f"{prefix}_leaked_images"] = metrics["leaked_images"]
         flat[f"{prefix}_near_train_site_images"] = metrics["near_train_site_images"]
+        flat[f"{prefix}_flagged_images"] = metrics.get("flagged_images", 0)
         for key, part, _ in SUBSETS[1:]:
             flat.update(_flatten_site(prefix + part, metrics[key]))
         flat["decision_threshold"] = metrics["threshold"]
@@ -258,7 +269,8 @@ def write_predictions_csv(path, rows: list[PredictionRow]) -> str:
             writer.writerow([row.site, row.role, row.relative_path, int(row.label),
                              row.subclass, repr(float(row.score)), "true" if row.leaked else "false",
                              "true" if row.near_train_site else "false",
-                             "" if math.isnan(row.shortcut_score) else repr(float(row.shortcut_score))])
+                             "" if math.isnan(row.shortcut_score) else repr(float(row.shortcut_score)),
+                             "true" if row.flagged else "false"])
     return path
 
 
@@ -277,7 +289,8 @@ def read_predictions_csv(path) -> list[PredictionRow]:
     rows = []
     with open(os.fspath(path), newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = set(PREDICTION_COLUMNS) - set(reader.fieldnames or ()) - {"near_train_site", "shortcut_score"}
+        missing = set(PREDICTION_COLUMNS) - set(reader.fieldnames or ()) - {"near_train_site", "shortcut_score",
+                                                                              "flagged"}
         if missing:
             raise ValueError(f"{path}: missing columns {sorted(missing)}")
         for record in reader:
@@ -289,6 +302,7 @@ def read_predictions_csv(path) -> list[PredictionRow]:
                 label=int(record["label"]), subclass=record["subclass"],
                 score=float(record["score"]), leaked=leaked, near_train_site=near,
                 shortcut_score=float(shortcut) if shortcut else math.nan,
+                flagged=flag(record, "flagged") if record.get("flagged") is not None else False,
             ))
     return rows
 
@@ -460,6 +474,10 @@ def _method_notes(threshold: float, results: dict[str, dict]) -> list[str]:
         "non-anatomical statistics of each file (size, aspect, bytes per pixel, JPEG quality, "
         "intensity, sharpness, noise, border), fit on the training site: what could be scored "
         f"without looking at the brain. '!' marks a model AUC less than {SHORTCUT_MARGIN:.2f} above it.",
+        "Source-disjoint without flagged (sensitivity): the source-disjoint images less those the "
+        "data-quality review flagged as probably not MRI or as candidate label errors. The label-issue "
+        "candidates come from this model's own probabilities, so this row flatters the model; it shows "
+        "how much of the source-disjoint number depends on those images, not a better estimate.",
         "Sensitivity, specificity and subclass rates show (correct / images) in brackets. "
         f"ECE: expected calibration error over {any_site['ece_bins']} equal-width probability bins.",
     ]

@@ -152,6 +152,14 @@ def test_end_to_end_training_run(trained_run):
     assert shortcuts["train_site"] == "synth_a" and set(shortcuts["sites"]) == {"synth_a", "synth_b", "synth_c"}
     assert "baseline" in shortcuts["sites"]["synth_c"] and "baseline" not in shortcuts["sites"]["synth_a"]
     assert "shortcut audit" in trained_run["stderr"]
+    # the data-quality review: the training site cross-validated, the others by the trained model
+    assert summary["quality"]["synth_a"]["probability_source"].startswith("cross-validated")
+    assert summary["quality"]["synth_c"]["probability_source"] == "the trained model"
+    assert (output / "quality_review.csv").exists() and (output / "quality_synth_c.png").exists()
+    flagged = sum(r.flagged for r in read_predictions_csv(output / "predictions.csv") if r.site == "synth_c")
+    assert summary["sites"]["synth_c"]["flagged_images"] == flagged
+    assert summary["sites"]["synth_c"]["disjoint_unflagged"]["images"] == 48 - flagged
+    assert "synth_a" in audit["quality"]
     client, run = mlflow_run(uri, summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["image_size"] == "32" and run.data.params["leakage"] == "purge-train"

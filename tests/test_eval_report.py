@@ -191,7 +191,7 @@ def test_write_report_writes_everything(report, results):
 def test_predictions_csv_round_trip(report, rows):
     output_dir, _ = report
     text = (output_dir / "predictions.csv").read_text().splitlines()
-    assert text[0] == "site,role,relative_path,label,subclass,score,leaked,near_train_site,shortcut_score"
+    assert text[0] == "site,role,relative_path,label,subclass,score,leaked,near_train_site,shortcut_score,flagged"
     assert len(text) == len(rows) + 1
     assert read_predictions_csv(output_dir / "predictions.csv") == rows
 

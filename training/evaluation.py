@@ -111,10 +111,14 @@ class TrainingReference:
 def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker, model, predict_step,
                         sites: Mapping, roles: Mapping[str, str], output: Path, reference: TrainingReference,
                         threshold: float | None = None, check_stop: Callable[[str], None] | None = None,
-                        extra_info: Mapping[str, str] | None = None, shortcuts: dict | None = None) -> dict:
+                        extra_info: Mapping[str, str] | None = None, shortcuts: dict | None = None,
+                        train_review: dict | None = None) -> dict:
     """Predict every val/test site, choose the threshold on val, write the report, log it once.
 
-    ``model`` is the model Grad-CAM explains (None: no Grad-CAM).
+    ``model`` is the model Grad-CAM explains (None: no Grad-CAM). Every
+    val/test site gets a data-quality review from the model's probabilities
+    (``train_review``: the training site's, cross-validated, written with
+    them to ``quality_review.csv`` and ``quality_<site>.png``).
 
     Returns the summary: ``{"threshold", "threshold_method", "sites": {name: metrics + role}}``.
     """
@@ -122,8 +126,10 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
     from eval.report import (PredictionRow, evaluate_sites, mlflow_metric_names, threshold_from_validation,
                              write_report)
 
+    from datasets.quality import quality_review, sensitivity_mask, write_quality_outputs
+
     evaluation = config.evaluation
-    rows, scores_by_site = [], {}
+    rows, scores_by_site, reviews = [], {}, {}
     for name, role in roles.items():
         if role == "train":
             continue
@@ -134,10 +140,16 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
         scores_by_site[name] = scores
         leaked, near = reference.flags(site)
         shortcut = reference.shortcut_scores(site, config.seed)
+        flagged = np.zeros(len(site.samples), bool)
+        if len(np.unique(site.labels)) == 2:  # cleanlab needs both classes
+            reviews[name] = quality_review(name, site.samples, site.images, scores,
+                                           probability_source="the trained model")
+            flagged = ~sensitivity_mask([s.key for s in site.samples], reviews[name])
         rows += [PredictionRow(site=name, role=role, relative_path=s.relative_path, label=s.label,
                                subclass=s.subclass, score=float(score), leaked=bool(flag),
-                               near_train_site=bool(near_flag), shortcut_score=float(short))
-                 for s, score, flag, near_flag, short in zip(site.samples, scores, leaked, near, shortcut)]
+                               near_train_site=bool(near_flag), shortcut_score=float(short), flagged=bool(bad))
+                 for s, score, flag, near_flag, short, bad in zip(site.samples, scores, leaked, near, shortcut,
+                                                                  flagged)]
     if threshold is None:
         threshold = threshold_from_validation(rows, method=evaluation.threshold_method,
                                               target_sensitivity=evaluation.target_sensitivity)
@@ -163,6 +175,14 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
                 "leakage": config.data.leakage, **(extra_info or {})}
     paths = write_report(output, rows, results, threshold=threshold,
                          title="Cross-site evaluation", run_info=run_info, gradcam=gradcam, shortcuts=shortcuts)
+    if train_review:
+        reviews = {train_review["site"]: train_review, **reviews}
+    if reviews:
+        index = {sample.key: sites[name].images[row] for name in reviews
+                 for row, sample in enumerate(sites[name].samples)}
+        paths += [str(path) for path in write_quality_outputs(reviews, index.__getitem__, output)]
+        summary["quality"] = {name: {**review["counts"], "probability_source": review["probability_source"]}
+                              for name, review in reviews.items()}
     for path in paths:
         tracker.log_artifact(path, artifact_path="report")
     tracker.log_metrics_once({**mlflow_metric_names(results), "threshold": threshold})

@@ -44,6 +44,7 @@ class RunData:
     audit_paths: list[Path]
     reference: Any = None  # training.evaluation.TrainingReference
     shortcuts: dict = dataclasses.field(default_factory=dict)
+    train_review: dict | None = None
 
 
 def run_training(config: TrainConfig) -> int:
@@ -170,6 +171,7 @@ def prepare_data(config: TrainConfig, cluster: Cluster, stop: StopSignal, output
     """Validate, crop and cache every site; audit leakage; apply the policy; the matching pool."""
     from datasets.audit import apply_leakage_policy, audit_shortcuts, audit_sites, write_audit_outputs
     from datasets.cache import CropParams, load_sites
+    from datasets.quality import cross_validated_review
     from training.evaluation import TrainingReference
 
     chief = cluster.is_chief
@@ -202,7 +204,13 @@ def prepare_data(config: TrainConfig, cluster: Cluster, stop: StopSignal, output
     stop.check("the shortcut audit")
     for line in shortcut_summary(shortcuts):
         say(line, chief=chief)
-    audit_paths = write_audit_outputs(audit_result, given_sites, output, {"shortcuts": shortcuts}) if chief else []
+    train_review = cross_validated_review(sites[train_name], seed=config.seed, threshold_bits=data.threshold_bits)
+    stop.check("the data-quality review")
+    say(f"data-quality review of {train_name} (cross-validated): {train_review['counts']['not_mri']} probably not "
+        f"MRI, {train_review['counts']['label_issue']} candidate label errors; candidates only, nothing removed",
+        chief=chief)
+    audit_paths = write_audit_outputs(audit_result, given_sites, output,
+                                      {"shortcuts": shortcuts, "quality": {train_name: train_review}}) if chief else []
     given_train_site = given_sites[train_name]
     train_site = sites[train_name]
     reference = TrainingReference.from_sites(train_site, given_train_site, data.threshold_bits)
@@ -214,7 +222,7 @@ def prepare_data(config: TrainConfig, cluster: Cluster, stop: StopSignal, output
     say(f"histogram-matching pool: {', '.join(reference_names)} ({0 if pool is None else len(pool)} images)",
         chief=chief)
     return RunData(sites, roles, train_name, val_name, removed, digests, reference_names, pool, audit_paths,
-                   reference, shortcuts)
+                   reference, shortcuts, train_review)
 
 
 def shortcut_summary(shortcuts: dict) -> list[str]:
@@ -411,7 +419,8 @@ def finish(config: TrainConfig, cluster: Cluster, model, store: CheckpointStore,
             raise RequeueRequested(f"{stop.signal_name or 'stop'} received during {where}")
 
     summary = evaluate_and_report(config, cluster, tracker, model, predict_step, data.sites, data.roles, output,
-                                  data.reference, check_stop=check_stop, shortcuts=data.shortcuts)
+                                  data.reference, check_stop=check_stop, shortcuts=data.shortcuts,
+                                  train_review=data.train_review)
     summary.update(epochs_run=state.epoch, best_epoch=state.schedule.best_epoch, mlflow_run_id=state.run_id,
                    model_path=str(output / "model.keras"), removed=data.removed)
     summary["sites"][data.train_name] = {"role": "train", "images": len(train_site.samples),
