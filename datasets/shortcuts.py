@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
-from datasets.validation import image_format
+from datasets.validation import image_format, jpeg_segments
 from eval.metrics import bootstrap_aucs, roc_auc
 
 #: Columns of a feature row, in order. See :func:`image_features` for each one.
@@ -87,26 +87,6 @@ _JPEG_FRAME_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # ----------------------------------------------------------------------------- file facts
 
 
-def _jpeg_segments(data: bytes):
-    """Yield ``(marker, payload)`` for each JPEG header segment up to the first start of scan."""
-    position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
-            position += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image, start of scan
-            return
-        length = struct.unpack(">H", data[position + 2:position + 4])[0]
-        yield marker, data[position + 4:position + 2 + length]
-        position += 2 + length
-
-
 def jpeg_luminance_table(data: bytes) -> np.ndarray | None:
     """The first JPEG quantisation table with id 0 (luminance), or None.
 
@@ -116,7 +96,7 @@ def jpeg_luminance_table(data: bytes) -> np.ndarray | None:
     """
     if image_format(data) != "jpeg":
         return None
-    for marker, payload in _jpeg_segments(data):
+    for marker, payload in jpeg_segments(data):
         if marker != 0xDB:
             continue
         position = 0
@@ -194,7 +174,7 @@ def stored_sample_format(data: bytes) -> tuple[float, float]:
             channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour_type)
             return float(depth), float(channels) if channels else math.nan
         if kind == "jpeg":
-            for marker, payload in _jpeg_segments(data):
+            for marker, payload in jpeg_segments(data):
                 if marker in _JPEG_FRAME_MARKERS and len(payload) >= 6:
                     return float(payload[0]), float(payload[5])
             return math.nan, math.nan

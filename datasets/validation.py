@@ -80,12 +80,16 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
-def jpeg_header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the first JPEG start-of-frame marker, or None if not found."""
+def jpeg_segments(data: bytes):
+    """Yield ``(marker, payload)`` for each JPEG header segment up to the first start of scan.
+
+    ``payload`` is the segment after its length field (shorter than the
+    length says when the file is cut). Stops at a byte that is not a marker.
+    """
     position = 2
     while position + 4 <= len(data):
         if data[position] != 0xFF:
-            return None
+            return
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
@@ -93,15 +97,21 @@ def jpeg_header_size(data: bytes) -> tuple[int, int] | None:
         if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
             position += 2
             continue
-        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame
-            return None
-        if marker in JPEG_FRAME_MARKERS:
-            if position + 9 > len(data):
-                return None
-            height, width = struct.unpack(">HH", data[position + 5:position + 9])
-            return width, height
+        if marker in (0xD9, 0xDA):  # end of image, start of scan
+            return
         length = struct.unpack(">H", data[position + 2:position + 4])[0]
+        yield marker, data[position + 4:position + 2 + length]
         position += 2 + length
+
+
+def jpeg_header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first JPEG start-of-frame marker, or None if not found."""
+    for marker, payload in jpeg_segments(data):
+        if marker in JPEG_FRAME_MARKERS:
+            if len(payload) < 5:
+                return None
+            height, width = struct.unpack(">HH", payload[1:5])
+            return width, height
     return None
 
 
