@@ -433,6 +433,21 @@ def shortcut_audit_table(shortcuts: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+QUALITY_NOTE = (
+    "Candidates for a person to review; nothing was removed. Not MRI: a CT-like bright skull ring. Label "
+    "issue: cleanlab's ranking of images whose given label the out-of-sample probabilities doubt. The list of "
+    "every candidate is in quality_review.csv.")
+
+
+def quality_table(reviews: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: per site the images, not-MRI flags, label-issue candidates and the probability source."""
+    header = ["site", "images", "probably not MRI", "candidate label errors", "flagged (either)", "probabilities"]
+    rows = [[name, str(review["images"]), str(review["counts"]["not_mri"]), str(review["counts"]["label_issue"]),
+             str(review["counts"]["flagged"]), review["probability_source"].split(":")[0]]
+            for name, review in reviews.items()]
+    return header, rows
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub-flavoured markdown table; ``|`` in cells is escaped."""
     def line(cells):
@@ -586,6 +601,7 @@ def write_report(
     run_info: dict,
     gradcam: dict | None = None,
     shortcuts: dict | None = None,
+    quality: dict | None = None,
 ) -> list[str]:
     """Write the evaluation report and its data files into ``output_dir``.
 
@@ -602,6 +618,9 @@ def write_report(
             the path of an existing PNG.
         shortcuts: optional shortcut audit (``audit.json["shortcuts"]``),
             shown as its own table.
+        quality: optional data-quality review: ``{"reviews": {site:
+            datasets.quality.quality_review(...)}, "figures": [(png path,
+            caption)]}``, shown as a table of counts and the montages.
 
     Returns:
         Paths written: report.html, report.md, metrics.json, predictions.csv
@@ -639,6 +658,11 @@ def write_report(
     shortcut_rows = shortcut_audit_table(shortcuts) if shortcuts and shortcuts.get("sites") else None
     if shortcut_rows:
         markdown += ["## Shortcut audit", "", SHORTCUT_AUDIT_NOTE, "", markdown_table(*shortcut_rows), ""]
+    quality_rows = quality_table(quality["reviews"]) if quality and quality.get("reviews") else None
+    quality_figures = list(quality.get("figures", [])) if quality else []
+    if quality_rows:
+        markdown += ["## Data-quality review", "", QUALITY_NOTE, "", markdown_table(*quality_rows), ""]
+        markdown += [f"![{caption}]({os.path.basename(path)})" for path, caption in quality_figures] + [""]
     markdown += ["## How to read this", ""] + [f"- {note}" for note in notes] + [""]
     markdown += ["## Figures", ""] + [f"![{caption}]({os.path.basename(path)})"
                                       for path, caption in figures + gradcam_figures] + [""]
@@ -659,6 +683,10 @@ def write_report(
     if shortcut_rows:
         parts.append(f"<h2>Shortcut audit</h2><p class='note'>{html.escape(SHORTCUT_AUDIT_NOTE)}</p>"
                      + _html_table(*shortcut_rows))
+    if quality_rows:
+        parts.append(f"<h2>Data-quality review</h2><p class='note'>{html.escape(QUALITY_NOTE)}</p>"
+                     + _html_table(*quality_rows)
+                     + "".join(_html_image(path, caption) for path, caption in quality_figures))
     parts.append("<h2>How to read this</h2><ul class='note'>"
                  + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
     parts.append("<h2>Figures</h2>" + "".join(_html_image(path, caption) for path, caption in figures))

@@ -160,6 +160,9 @@ def test_end_to_end_training_run(trained_run):
     assert summary["sites"]["synth_c"]["flagged_images"] == flagged
     assert summary["sites"]["synth_c"]["disjoint_unflagged"]["images"] == 48 - flagged
     assert "synth_a" in audit["quality"]
+    report = (output / "report.md").read_text()
+    assert "## Data-quality review" in report and "## Shortcut audit" in report
+    assert "![Data-quality candidates of synth_c" in report
     client, run = mlflow_run(uri, summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["image_size"] == "32" and run.data.params["leakage"] == "purge-train"

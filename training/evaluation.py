@@ -173,16 +173,21 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
     run_info = {"mlflow_run_id": tracker.run_id, "train_site": config.data.train_site,
                 "weights": config.model.weights, "image_size": config.data.image_size,
                 "leakage": config.data.leakage, **(extra_info or {})}
-    paths = write_report(output, rows, results, threshold=threshold,
-                         title="Cross-site evaluation", run_info=run_info, gradcam=gradcam, shortcuts=shortcuts)
     if train_review:
         reviews = {train_review["site"]: train_review, **reviews}
+    quality_paths = []
     if reviews:
         index = {sample.key: sites[name].images[row] for name in reviews
                  for row, sample in enumerate(sites[name].samples)}
-        paths += [str(path) for path in write_quality_outputs(reviews, index.__getitem__, output)]
+        quality_paths = [str(path) for path in write_quality_outputs(reviews, index.__getitem__, output)]
         summary["quality"] = {name: {**review["counts"], "probability_source": review["probability_source"]}
                               for name, review in reviews.items()}
+    figures = [(path, f"Data-quality candidates of {Path(path).stem[len('quality_'):]}: orange probably not MRI, "
+                      "cyan candidate label errors (for review; nothing removed)") for path in quality_paths[1:]]
+    paths = write_report(output, rows, results, threshold=threshold,
+                         title="Cross-site evaluation", run_info=run_info, gradcam=gradcam, shortcuts=shortcuts,
+                         quality={"reviews": reviews, "figures": figures})
+    paths += quality_paths
     for path in paths:
         tracker.log_artifact(path, artifact_path="report")
     tracker.log_metrics_once({**mlflow_metric_names(results), "threshold": threshold})
