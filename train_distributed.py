@@ -100,7 +100,7 @@ def audit(site_values, output, image_size, threshold_bits, cache_dir, no_crop, t
     """Audit sites: near-duplicates (leakage), shortcuts (image statistics vs label) and data quality."""
     from datasets.audit import audit_shortcuts, audit_sites, format_audit_table, write_audit_outputs
     from datasets.quality import cross_validated_review, format_quality_table, write_quality_outputs
-    from datasets.cache import load_sites
+    from datasets.cache import image_lookup, load_sites
     from datasets.phash import DEFAULT_THRESHOLD_BITS
     from datasets.shortcuts import format_shortcut_table
 
@@ -118,8 +118,7 @@ def audit(site_values, output, image_size, threshold_bits, cache_dir, no_crop, t
     click.echo("data-quality review...", err=True)
     quality = {name: cross_validated_review(site, seed=seed, threshold_bits=bits) for name, site in sites.items()}
     paths = write_audit_outputs(result, sites, Path(output), {"shortcuts": shortcuts, "quality": quality})
-    index = {sample.key: site.images[row] for site in sites.values() for row, sample in enumerate(site.samples)}
-    paths += write_quality_outputs(quality, index.__getitem__, Path(output))
+    paths += write_quality_outputs(quality, image_lookup(sites), Path(output))
     click.echo(format_audit_table(result))
     click.echo("")
     click.echo("Shortcut audit: AUC of non-anatomical image statistics alone for tumour vs no tumour")

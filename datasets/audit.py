@@ -494,13 +494,9 @@ def write_audit_outputs(result: AuditResult, sites: Mapping[str, Any], output: P
     output.mkdir(parents=True, exist_ok=True)
     paths = [output / "audit.json", output / "audit_pairs.png", output / "bad_files.json"]
     paths[0].write_text(json.dumps({**result.to_json(), **(extra or {})}, indent=1))
-    index = {sample.key: (site, row) for site in sites.values() for row, sample in enumerate(site.samples)}
+    from datasets.cache import image_lookup
 
-    def load(key: str) -> np.ndarray:
-        site, row = index[key]
-        return site.images[row]
-
-    montage = audit_pairs_montage(result, load)
+    montage = audit_pairs_montage(result, image_lookup(sites))
     cv2.imwrite(str(paths[1]), cv2.cvtColor(montage, cv2.COLOR_RGB2BGR))
     bad = {name: [dataclasses.asdict(b) for b in site.bad_files] for name, site in sites.items()}
     paths[2].write_text(json.dumps(bad, indent=1))

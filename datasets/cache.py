@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -347,6 +347,17 @@ def _build_bundle(bundle: Path, param_dir: Path, files: list[tuple[str, str]], p
         "bad": {sha: [results[sha][3], results[sha][4]] for sha, _ in files if results[sha][0] is None},
     }
     _write_bundle(bundle, meta, images, boxes, hashes, features)
+
+
+def image_lookup(sites: Mapping[str, CachedSite]) -> Callable[[str], np.ndarray]:
+    """``lookup(key) -> (S, S) uint8 crop`` of any sample of ``sites`` by ``Sample.key`` (KeyError if unknown)."""
+    index = {sample.key: (site, row) for site in sites.values() for row, sample in enumerate(site.samples)}
+
+    def lookup(key: str) -> np.ndarray:
+        site, row = index[key]
+        return site.images[row]
+
+    return lookup
 
 
 def load_sites(specs: Sequence[tuple[str, str]], params: CropParams, *, cache_dir: str | os.PathLike | None = None,

@@ -126,6 +126,7 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
     from eval.report import (PredictionRow, evaluate_sites, mlflow_metric_names, threshold_from_validation,
                              write_report)
 
+    from datasets.cache import image_lookup
     from datasets.quality import quality_review, sensitivity_mask, write_quality_outputs
 
     evaluation = config.evaluation
@@ -177,13 +178,12 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
         reviews = {train_review["site"]: train_review, **reviews}
     quality_paths = []
     if reviews:
-        index = {sample.key: sites[name].images[row] for name in reviews
-                 for row, sample in enumerate(sites[name].samples)}
-        quality_paths = [str(path) for path in write_quality_outputs(reviews, index.__getitem__, output)]
+        lookup = image_lookup({name: sites[name] for name in reviews})
+        quality_paths = [str(path) for path in write_quality_outputs(reviews, lookup, output)]
         summary["quality"] = {name: {**review["counts"], "probability_source": review["probability_source"]}
                               for name, review in reviews.items()}
-    figures = [(path, f"Data-quality candidates of {Path(path).stem[len('quality_'):]}: orange probably not MRI, "
-                      "cyan candidate label errors (for review; nothing removed)") for path in quality_paths[1:]]
+    figures = [(path, f"Data-quality candidates of {name}: orange probably not MRI, cyan candidate label errors "
+                      "(for review; nothing removed)") for name, path in zip(reviews, quality_paths[1:])]
     paths = write_report(output, rows, results, threshold=threshold,
                          title="Cross-site evaluation", run_info=run_info, gradcam=gradcam, shortcuts=shortcuts,
                          quality={"reviews": reviews, "figures": figures})
