@@ -197,20 +197,24 @@ def prepare_data(config: TrainConfig, cluster: Cluster, stop: StopSignal, output
         sites[name] = site.subset([i for i, s in enumerate(site.samples) if s.key in keep_keys])
     say(f"leakage policy {data.leakage}: removed " + ", ".join(f"{name} {count}" for name, count in removed.items()),
         chief=chief)
-    shortcuts = audit_shortcuts({name: sites[name] if name == train_name else given_sites[name]
-                                 for name in sites}, train_name, n_resamples=config.evaluation.bootstrap_resamples,
-                                seed=config.seed, train_site_hashes=given_sites[train_name].hashes,
-                                threshold_bits=data.threshold_bits)
-    stop.check("the shortcut audit")
-    for line in shortcut_summary(shortcuts):
-        say(line, chief=chief)
-    train_review = cross_validated_review(sites[train_name], seed=config.seed, threshold_bits=data.threshold_bits)
-    stop.check("the data-quality review")
-    say(f"data-quality review of {train_name} (cross-validated): {train_review['counts']['not_mri']} probably not "
-        f"MRI, {train_review['counts']['label_issue']} candidate label errors; candidates only, nothing removed",
-        chief=chief)
-    audit_paths = write_audit_outputs(audit_result, given_sites, output,
-                                      {"shortcuts": shortcuts, "quality": {train_name: train_review}}) if chief else []
+    shortcuts, train_review, audit_paths = {}, None, []
+    if chief:  # only the chief reports, logs and writes them
+        shortcuts = audit_shortcuts({name: sites[name] if name == train_name else given_sites[name]
+                                     for name in sites}, train_name,
+                                    n_resamples=config.evaluation.bootstrap_resamples, seed=config.seed,
+                                    train_site_hashes=given_sites[train_name].hashes,
+                                    threshold_bits=data.threshold_bits)
+        stop.check("the shortcut audit")
+        for line in shortcut_summary(shortcuts):
+            say(line)
+        train_review = cross_validated_review(sites[train_name], seed=config.seed,
+                                              threshold_bits=data.threshold_bits)
+        stop.check("the data-quality review")
+        say(f"data-quality review of {train_name} (cross-validated): {train_review['counts']['not_mri']} probably "
+            f"not MRI, {train_review['counts']['label_issue']} candidate label errors; candidates only, nothing "
+            "removed")
+        audit_paths = write_audit_outputs(audit_result, given_sites, output,
+                                          {"shortcuts": shortcuts, "quality": {train_name: train_review}})
     given_train_site = given_sites[train_name]
     train_site = sites[train_name]
     reference = TrainingReference.from_sites(train_site, given_train_site, data.threshold_bits)
