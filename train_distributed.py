@@ -5,6 +5,7 @@
         --test-site mos=data/mos --weights none --image-size 128 --epochs 12
     python train_distributed.py audit --site br35h=... --site nav=... --site mos=... --output audit/
     python train_distributed.py evaluate --model runs/x/model.keras --site mos=... --output eval/
+    python train_distributed.py predict --model models:/m-... scans/ --output predictions.csv
 
 This file is the command line only: options, the one config, calling the
 engine (``training/``) and the packages below it, and turning their
@@ -18,7 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's info and warning lines off, its errors on
+
+from training.console import quiet_tensorflow_on_cpu  # noqa: E402 (before anything imports TensorFlow)
+
+quiet_tensorflow_on_cpu()  # no GPU: no "failed call to cuInit" error line at start-up
 
 import click
 import numpy as np
@@ -32,7 +37,9 @@ if not getattr(_datasets_package, "BRAINMRI_DATASETS", False):
         "see README, 'A note on the name datasets'.")
 
 from datasets.audit import LEAKAGE_POLICIES
-from training.config import TEST_TIME_AUGMENTATIONS, TrainConfig, flatten_settings, read_config_file
+from datasets.sites import check_site_folder
+from training.config import (TEST_TIME_AUGMENTATIONS, TrainConfig, check_tracking_environment, flatten_settings,
+                             read_config_file)
 
 DEMO_DATA = Path("runs") / "demo_data"
 
@@ -46,17 +53,74 @@ def usage_errors() -> Iterator[None]:
         raise click.UsageError(str(error)) from None
 
 
-def site_specs(values: Sequence[str]) -> list[tuple[str, str]]:
-    """``NAME=PATH`` option values as ``(name, path)``; names must be unique."""
-    from datasets.sites import parse_site_spec
+def site_specs(values: Sequence[str | tuple[str, str]], *, check_folders: bool = True) -> list[tuple[str, str]]:
+    """Every site option value of one command together as ``[(name, path), ...]``, checked before any work.
 
+    ``values``: ``NAME=PATH`` texts of ``--site``, or ``(option, NAME=PATH)`` pairs (``("--reference-site",
+    "nav=...")``) so that messages name the option. Names must be valid and unique across all of them;
+    with ``check_folders`` each folder must exist and hold class folders of both classes (listed by name,
+    no image is read).
+    """
+    from datasets.sites import parse_site_spec
+    from training.config import check_unique_site_names
+
+    pairs = [value if isinstance(value, tuple) else ("--site", value) for value in values]
     with usage_errors():
-        specs = [parse_site_spec(value) for value in values]
-        names = [name for name, _ in specs]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"site names must be unique; given more than once: {', '.join(repeated)}")
+        specs = [parse_site_spec(spec) for _, spec in pairs]
+        check_unique_site_names(pairs)
+        if check_folders:
+            for name, path in specs:
+                check_site_folder(name, path)
     return specs
+
+
+def tracking_uri_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Click callback of ``--tracking-uri``: an MLflow store URI (see ``training.config.check_tracking_uri``)."""
+    from training.config import check_tracking_uri
+
+    try:
+        return check_tracking_uri(value, "tracking URI")
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
+def backend_store_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Click callback of ``ui --backend-store-uri``: a folder or a database URI an MLflow server can serve."""
+    from training.config import BACKEND_STORE_SCHEMES, check_tracking_uri
+
+    try:
+        if not value.strip():
+            raise ValueError("the backend store URI is empty; use e.g. sqlite:///mlflow.db")
+        return check_tracking_uri(value, "backend store URI", BACKEND_STORE_SCHEMES)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
+def non_empty_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Click callback: the option's value must not be empty."""
+    if not value.strip():
+        raise click.BadParameter("must not be empty", ctx, param)
+    return value
+
+
+def model_source_option(ctx: click.Context, param: click.Parameter, value):
+    """Click callback of ``--model`` (one value or several): each checked by ``training.predict.check_model_source``."""
+    from training.predict import check_model_source
+
+    for source in (value if isinstance(value, tuple) else (value,)):
+        try:
+            check_model_source(source)
+        except ValueError as error:
+            raise click.BadParameter(str(error), ctx, param) from None
+    return value
+
+
+def existing_paths_option(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """Click callback of file-or-folder arguments: each must exist."""
+    missing = [item for item in value if not (Path(item).exists() or Path(item).is_symlink())]
+    if missing:
+        raise click.BadParameter(f"{', '.join(repr(item) for item in missing)} does not exist", ctx, param)
+    return value
 
 
 def crop_params(image_size: int, crop: bool = True, margin: float = 0.0):
@@ -91,7 +155,8 @@ def cli() -> None:
               help="Crop size of the cache the hashes are computed on.")
 @click.option("--threshold-bits", type=click.IntRange(0, 128), default=None,
               help="Hamming distance threshold (default: built-in, 28).")
-@click.option("--cache-dir", default="", help="Crop cache folder (default $BRAINMRI_CACHE or ~/.cache/brainmri).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default="",
+              help="Crop cache folder (default $BRAINMRI_CACHE or ~/.cache/brainmri).")
 @click.option("--no-crop", is_flag=True, help="Hash whole images instead of brain crops.")
 @click.option("--train-site", "train_name", default="", metavar="NAME",
               help="The --site the shortcut baseline is fit on (default: the first).")
@@ -107,7 +172,8 @@ def audit(site_values, output, image_size, threshold_bits, cache_dir, no_crop, t
     specs = site_specs(site_values)
     train_name = train_name or specs[0][0]
     if train_name not in [name for name, _ in specs]:
-        raise click.UsageError(f"--train-site {train_name!r} is not one of the --site names")
+        raise click.UsageError(f"--train-site {train_name!r} is not one of the --site names "
+                               f"({', '.join(name for name, _ in specs)})")
     with usage_errors():
         sites = load_sites(specs, crop_params(image_size, crop=not no_crop), cache_dir=cache_dir or None,
                            report=lambda line: click.echo(line, err=True), progress=console_progress())
@@ -170,16 +236,18 @@ def preview_crop(site_spec, output, count, seed) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="A training config file; its augment settings are used.")
-@click.option("--cache-dir", default="")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default="")
 def preview_augment(site_spec, reference_specs, output, image_size, count, seed, config_file, cache_dir) -> None:
     """Write a PNG of originals, augmented variants and histogram-matched examples."""
-    from augment.preview import augment_preview_montage
     from datasets.cache import load_sites
 
-    specs = site_specs([site_spec, *reference_specs])
+    specs = site_specs([("--site", site_spec), *[("--reference-site", spec) for spec in reference_specs]])
     with usage_errors():
         augment_config = TrainConfig.from_settings(read_config_file(config_file) if config_file else {}).augment
         augment_config.validate()
+    from augment.preview import augment_preview_montage
+
+    with usage_errors():
         sites = load_sites(specs, crop_params(image_size), cache_dir=cache_dir or None,
                            report=lambda line: click.echo(line, err=True), progress=console_progress())
     images = list(sites.values())[0].images
@@ -193,7 +261,7 @@ def preview_augment(site_spec, reference_specs, output, image_size, count, seed,
 #: Options of ``train`` that are config settings (the option's name is the setting's flat key).
 TRAIN_SETTINGS = ("train_site", "val_site", "test_sites", "output", "epochs", "batch_size", "image_size",
                   "weights", "leakage", "seed", "tracking_uri", "experiment", "run_name", "gpus",
-                  "cpu_replicas", "cache_dir")
+                  "cpu_replicas", "cache_dir", "register_model", "system_metrics")
 
 
 @cli.command()
@@ -213,6 +281,10 @@ TRAIN_SETTINGS = ("train_site", "val_site", "test_sites", "output", "epochs", "b
                                                  "else sqlite:///mlflow.db in the working folder).")
 @click.option("--experiment", default="brainmri", show_default=True, help="MLflow experiment (--demo: brainmri-demo).")
 @click.option("--run-name", default="", help="MLflow run name (default: generated).")
+@click.option("--register-model", default="", metavar="NAME",
+              help="Register the logged model in the MLflow model registry under NAME (once per run).")
+@click.option("--system-metrics/--no-system-metrics", default=True, show_default=True,
+              help="Log MLflow system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) every 10 s.")
 @click.option("--gpus", type=int, default=-1, help="GPUs to use on this node (-1: all visible).")
 @click.option("--cpu-replicas", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Without GPUs: split the CPU into this many devices under MirroredStrategy (tests the "
@@ -226,9 +298,9 @@ TRAIN_SETTINGS = ("train_site", "val_site", "test_sites", "output", "epochs", "b
 @click.pass_context
 def train(ctx: click.Context, config_file, overrides, demo, **flags) -> None:
     """Train on one site, select on another, evaluate on the test sites; track in MLflow."""
+    config = build_train_config(ctx, config_file, overrides, demo, flags)
     from training.loop import run_training
 
-    config = build_train_config(ctx, config_file, overrides, demo, flags)
     with usage_errors():
         status = run_training(config)
     sys.exit(status)
@@ -242,8 +314,14 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), raw.strip()
 
 
-def build_train_config(ctx: click.Context, config_file, overrides, demo, flags: dict) -> TrainConfig:
-    """Config file < demo settings < command-line flags < --set; validated once, before any work."""
+def build_train_config(ctx: click.Context, config_file, overrides, demo, flags: dict, *,
+                       write_demo: bool = True) -> TrainConfig:
+    """Config file < demo settings < command-line flags < --set; everything checked before any work.
+
+    Checked first: every setting, the site folders (their class folders listed, no image read; the
+    demo's own sites excepted), the tracking URI or ``$MLFLOW_TRACKING_URI`` and a weights file's
+    header. Only then are the demo's sites written (unless ``write_demo`` is False).
+    """
     from click.core import ParameterSource
 
     with usage_errors():
@@ -255,14 +333,38 @@ def build_train_config(ctx: click.Context, config_file, overrides, demo, flags: 
                 values[key] = list(flags[key]) if key == "test_sites" else flags[key]
         values.update(flatten_settings(dict(parse_override(text) for text in overrides)))
         config = TrainConfig.from_settings(values).validate(check_folders=not demo)
-        if demo:
+        demo_paths = {str(DEMO_DATA / name) for name in ("synth_a", "synth_b", "synth_c")} if demo else set()
+        for _, name, path in config.sites():
+            if path not in demo_paths:
+                check_site_folder(name, path)
+        check_tracking_environment(config.tracking.tracking_uri)
+        if demo and write_demo:
             from datasets.synthetic import write_demo_sites
 
             write_demo_sites(DEMO_DATA, images_per_class=150, size=96)
-        config.validate()
+            config.validate()
         if not config.runtime.output:
             config = config.replace(output=config.default_output())
     return config
+
+
+def check_ablation_runs(plan: Sequence[tuple[str, list[str]]], arguments: Sequence[str],
+                        seeds: Sequence[int]) -> list[TrainConfig]:
+    """The config of every run of an ablation, built from its ``train`` arguments as ``train`` builds it.
+
+    Every variant (and seed) is parsed and checked before the first run starts: unknown options, bad
+    values, site names given twice, missing site folders. Nothing is written (the demo's sites neither).
+    """
+    parent = click.get_current_context(silent=True)
+    configs = []
+    for _, extra in plan:
+        for seed in (seeds or [None]):
+            tail = [*arguments, *extra, *(["--set", f"seed={seed}"] if seed is not None else [])]
+            with train.make_context("train", tail, parent=parent) as ctx:
+                params = ctx.params
+                configs.append(build_train_config(ctx, params["config_file"], params["overrides"], params["demo"],
+                                                  params, write_demo=False))
+    return configs
 
 
 def demo_settings(folder: Path) -> dict[str, Any]:
@@ -276,9 +378,9 @@ def demo_settings(folder: Path) -> dict[str, Any]:
 
 
 @cli.command()
-@click.option("--model", "model_paths", multiple=True, required=True,
-              type=click.Path(exists=True, dir_okay=False),
-              help="A saved model.keras; repeat it for a seed ensemble (probabilities averaged, one row).")
+@click.option("--model", "model_paths", multiple=True, required=True, metavar="MODEL", callback=model_source_option,
+              help="A saved model.keras (or its run folder), an MLflow run id, runs:/<run id> or models:/<id>; "
+                   "repeat it for a seed ensemble (probabilities averaged, one row).")
 @click.option("--site", "site_values", multiple=True, required=True, metavar="NAME=PATH", help="Repeatable.")
 @click.option("--val-site", "val_name", default="", help="Name of the --site used to choose the threshold.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
@@ -287,56 +389,117 @@ def demo_settings(folder: Path) -> dict[str, Any]:
               help="train_hashes.npz of the training run: leaked and source-disjoint images, shortcut baseline "
                    "(default: next to the model).")
 @click.option("--output", type=click.Path(file_okay=False), default="evaluation", show_default=True)
-@click.option("--tracking-uri", default="")
-@click.option("--experiment", default="", help="Log the evaluation as an MLflow run of this experiment.")
-@click.option("--cache-dir", default="")
+@click.option("--tracking-uri", default="", callback=tracking_uri_option)
+@click.option("--experiment", default="brainmri", show_default=True,
+              help="MLflow experiment of the evaluation run (the store and experiment train uses by default).")
+@click.option("--no-tracking", is_flag=True, help="Do not log the evaluation to MLflow.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default="")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tta", "test_time_augmentation", type=click.Choice(TEST_TIME_AUGMENTATIONS), default=None,
               help="Test-time augmentation: 'flips' averages the four flips of each image "
                    "(default: as the model's run did, else none).")
 def evaluate(model_paths, site_values, val_name, threshold, train_hashes, output, tracking_uri, experiment,
-             cache_dir, seed, test_time_augmentation) -> None:
+             no_tracking, cache_dir, seed, test_time_augmentation) -> None:
     """Evaluate a saved model (or a seed ensemble of several) on any sites and write the report."""
-    from training.evaluation import evaluate_saved_model, results_table
+    import zipfile
 
     specs = site_specs(site_values)
     if val_name and val_name not in [name for name, _ in specs]:
-        raise click.UsageError(f"--val-site {val_name!r} is not one of the --site names")
+        raise click.UsageError(f"--val-site {val_name!r} is not one of the --site names "
+                               f"({', '.join(name for name, _ in specs)})")
+    if len(model_paths) > 1 and threshold is None and not val_name:
+        raise click.UsageError("an ensemble of several models needs --val-site or --threshold")
+    local = Path(model_paths[0])
+    if threshold is None and not val_name and local.exists() and \
+            not ((local if local.is_dir() else local.parent) / "summary.json").is_file():
+        raise click.UsageError("no --threshold, no --val-site and no summary.json next to the model")
+    if train_hashes and not zipfile.is_zipfile(train_hashes):
+        raise click.UsageError(f"--train-hashes {train_hashes!r} is not a .npz file (train_hashes.npz of a run)")
+    if not no_tracking and not experiment.strip():
+        raise click.UsageError("--experiment is empty; name an MLflow experiment or pass --no-tracking")
+    with usage_errors():
+        if not no_tracking:
+            check_tracking_environment(tracking_uri)
+    from training.evaluation import evaluate_saved_model, results_table
+
     with usage_errors():
         summary = evaluate_saved_model(model_paths, specs, val_name=val_name, threshold=threshold,
                                        train_hashes=train_hashes, output=Path(output), tracking_uri=tracking_uri,
                                        experiment=experiment, cache_dir=cache_dir, seed=seed,
                                        test_time_augmentation=test_time_augmentation,
-                                       say=lambda line: click.echo(line, err=True))
+                                       say=lambda line: click.echo(line, err=True), tracking=not no_tracking)
     click.echo(results_table(summary))
-    for name, values in summary["sites"].items():
-        click.echo(f"{name}: AUC {values['auc']:.3f} [{values['auc_ci'][0]:.3f}, {values['auc_ci'][1]:.3f}]")
-    click.echo(f"wrote {output}/report.html")
+    click.echo(f"wrote {output}/report.html" + (f" (MLflow run {summary['mlflow_run_id']})"
+                                                if summary.get("mlflow_run_id") else ""))
 
 
 @cli.command()
-@click.option("--experiment", required=True)
-@click.option("--tracking-uri", default="")
-@click.option("--output", type=click.Path(file_okay=False), default="compare", show_default=True)
-def compare(experiment, tracking_uri, output) -> None:
-    """Runs-by-sites table of AUC with confidence intervals from MLflow."""
-    from eval.compare import SUBSET_VALUES, collect_runs, comparison_table, format_markdown_table, write_comparison
-    from training.tracking import resolve_tracking_uri
+@click.option("--model", "model_source", required=True, metavar="MODEL", callback=model_source_option,
+              help="A saved model.keras (or its run folder), an MLflow run id, runs:/<run id> or models:/<id> "
+                   "(also models:/NAME/VERSION).")
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_FOLDER...", callback=existing_paths_option)
+@click.option("--output", type=click.Path(dir_okay=False), default="predictions.csv", show_default=True,
+              help="CSV of path, probability, threshold and decision (1: tumour).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Decision threshold (default: the model's run's, from summary.json or its MLflow metric).")
+@click.option("--tracking-uri", default="", callback=tracking_uri_option,
+              help="MLflow store of a run id or models:/ model (default as train).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=32, show_default=True)
+def predict(model_source, inputs, output, threshold, tracking_uri, batch_size) -> None:
+    """Score images (files or folders, recursively) with a trained model and write a CSV.
 
-    from training.mlflow_store import sqlite_path
+    The images are checked and cropped as in training, with the crop settings of the model's run; bad files
+    are reported with a reason and skipped.
+    """
+    from datasets.validation import summarize_bad_files
+    from training.predict import load_model_source, predict_images, write_predictions_csv
+
+    with usage_errors():
+        source = load_model_source(model_source, tracking_uri)
+        found = predict_images(source, inputs, threshold, batch_size=batch_size,
+                               report=lambda line: click.echo(line, err=True))
+        path = write_predictions_csv(output, found)
+    skipped = summarize_bad_files(found.skipped)
+    click.echo(f"scored {len(found.paths)} images at threshold {found.threshold:.4f}: "
+               f"{int(found.decisions.sum())} tumour, {len(found.paths) - int(found.decisions.sum())} no tumour; "
+               f"skipped {len(found.skipped)}" + (f" ({', '.join(f'{k} {v}' for k, v in skipped.items())})"
+                                                  if skipped else ""))
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option("--experiment", default="brainmri", show_default=True, help="MLflow experiment (train's default).")
+@click.option("--tracking-uri", default="", callback=tracking_uri_option,
+              help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).")
+@click.option("--output", type=click.Path(file_okay=False), default="compare", show_default=True)
+@click.option("--ablation", default="", metavar="RUN_ID|NAME",
+              help="Only the runs of one ablation: its parent run id (any experiment), or its name (the "
+                   "ablate --output folder's name, or the parent's run name) in --experiment.")
+def compare(experiment, tracking_uri, output, ablation) -> None:
+    """Runs-by-sites table of AUC with confidence intervals from MLflow, and mean ± sd over seeds.
+
+    Runs that share every setting but the seed are one recipe; its AUC is also shown as mean ± sd (n).
+    """
+    from eval.compare import (SUBSET_VALUES, collect_runs, comparison_table, format_markdown_table,
+                              format_seed_table, seed_groups, write_comparison)
+    from training.config import NOT_DEFINING
+    from eval.compare import RUN_ID_PATTERN
+    from training.tracking import check_experiment, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     with usage_errors():
-        database = sqlite_path(uri)
-        if database is not None and not database.is_file():
-            raise ValueError(f"no MLflow store at {database} (tracking URI {uri}); train first or pass --tracking-uri")
-        runs = collect_runs(experiment, uri)
+        check_tracking_environment(tracking_uri)
+        check_experiment(uri, None if RUN_ID_PATTERN.match(ablation) else experiment)
+        runs = collect_runs(experiment, uri, ablation=ablation)
     if not runs:
         raise click.UsageError(f"experiment {experiment!r} has no runs")
     rows = comparison_table(runs)
+    groups = seed_groups(runs, ignored=NOT_DEFINING | {"seed"})
     for value, title in SUBSET_VALUES:
         click.echo(f"{title}:\n{format_markdown_table(rows, value)}\n")
-    paths = write_comparison(rows, Path(output))
+    for value, title in SUBSET_VALUES:
+        click.echo(f"{title}, mean ± sd over seeds:\n{format_seed_table(groups, value)}\n")
+    paths = write_comparison(rows, Path(output), groups=groups)
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
@@ -351,26 +514,45 @@ def compare(experiment, tracking_uri, output) -> None:
 @click.option("--seeds", "seeds_text", default="", metavar="S1,S2,...",
               help="Run every variant once per seed, e.g. 0,1,2; tables show mean, sd and each seed, and "
                    "whether a difference exceeds seed variation.")
-@click.option("--title", default="Cross-site results", show_default=True)
+@click.option("--title", default="Cross-site results", show_default=True,
+              help="Heading of RESULTS.md and description of the MLflow parent run (named after --output).")
 @click.argument("train_arguments", nargs=-1, type=click.UNPROCESSED)
 def ablate(output, varies, named_variants, mode, seeds_text, title, train_arguments) -> None:
     """Run ``train`` once per variant and write RESULTS.md and results.json.
 
+    In MLflow the ablation is one parent run (named after --output) with a child run per variant and seed;
+    stopped (Ctrl-C, SIGTERM: exit status 3) and run again, it continues into the same parent run.
     Everything after the options is passed to ``train`` (sites, epochs, --set ...). Example:
 
     \b
         train_distributed.py ablate --output abl --vary leakage=report-only --vary crop=false
         -- --train-site br35h=... --val-site nav=... --test-site mos=... --weights none
     """
-    from training.ablation import ablation_plan, check_ablation_arguments, parse_seeds, run_ablation
+    from training.ablation import AblationStopped, ablation_plan, check_ablation_arguments, parse_seeds, run_ablation
+    from training.faults import EXIT_REQUEUE
+    from training.tracking import resolve_tracking_uri
 
     with usage_errors():
         plan = ablation_plan(varies, named_variants, mode)
         seeds = parse_seeds(seeds_text) if seeds_text else []
-        check_ablation_arguments(plan, train_arguments, seeds)
+        arguments = check_ablation_arguments(plan, train_arguments, seeds)
+    check_ablation_runs(plan, arguments, seeds)
+
+    def describe(arguments: list[str]) -> tuple[str, str, int]:
+        """The MLflow store, experiment and seed that ``train`` would use with these arguments."""
+        context = train.make_context("train", list(arguments))
+        config = build_train_config(context, context.params["config_file"], context.params["overrides"],
+                                    context.params["demo"], context.params)
+        return resolve_tracking_uri(config.tracking.tracking_uri), config.tracking.experiment, config.seed
+
     try:
         text = run_ablation(plan, train_arguments, Path(output), title, Path(__file__).resolve(),
-                            say=lambda line: click.echo(line, err=True), seeds=seeds)
+                            say=lambda line: click.echo(line, err=True), seeds=seeds, describe=describe)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    except AblationStopped as stop:
+        click.echo(str(stop), err=True)
+        sys.exit(EXIT_REQUEUE)
     except RuntimeError as error:
         raise click.ClickException(str(error)) from None
     click.echo(text)
@@ -381,40 +563,80 @@ def ablate(output, varies, named_variants, mode, seeds_text, title, train_argume
               help="Interface to bind; anything but loopback needs --allow-remote.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="TCP port (0: a free one).")
-@click.option("--backend-store-uri", default="sqlite:///mlflow.db", show_default=True,
+@click.option("--backend-store-uri", default="sqlite:///mlflow.db", show_default=True, callback=backend_store_option,
               help="Runs database: the store that training writes to by default in this folder.")
-@click.option("--artifacts-destination", default="./mlartifacts", show_default=True,
+@click.option("--artifacts-destination", default="./mlartifacts", show_default=True, callback=non_empty_option,
               help="Folder (or URI) where the server keeps reports and models of runs logged through it.")
 @click.option("--allow-remote", is_flag=True,
-              help="Allow a non-loopback --host. MLflow has no authentication: anyone who can reach the port "
-                   "can read and delete every run.")
-def ui(host, port, backend_store_uri, artifacts_destination, allow_remote) -> None:
-    """Serve the MLflow UI and tracking API on this machine until Ctrl-C."""
+              help="Allow a non-loopback --host. Without --auth anyone who can reach the port can read and "
+                   "delete every run; with it, passwords cross the network unencrypted.")
+@click.option("--auth", is_flag=True,
+              help="Run MLflow's basic-auth app: every page and API call asks for a user name and password. "
+                   "The admin account is made on the first start with $MLFLOW_AUTH_ADMIN_PASSWORD, else with "
+                   "a generated password saved to AUTH-DIR/admin_password (mode 0600). Needs "
+                   "pip install -e \".[auth]\".")
+@click.option("--auth-dir", type=click.Path(file_okay=False), default="mlflow-auth", show_default=True,
+              help="With --auth: folder (mode 0700) of basic_auth.ini, the accounts database and the admin "
+                   "password file.")
+def ui(host, port, backend_store_uri, artifacts_destination, allow_remote, auth, auth_dir) -> None:
+    """Serve the MLflow UI and tracking API on this machine until Ctrl-C, SIGTERM or SIGHUP.
+
+    The server is stopped on every way out, an interrupt during its start included.
+    """
     import warnings
 
-    from eval.mlflow_server import check_host, log_tail, serve_until_stopped, start_server
+    from eval.mlflow_server import check_host, files_open_to_others, log_tail, prepare_basic_auth, run_server
 
-    try:
+    with usage_errors():
         check_host(host, allow_remote)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    click.echo(f"starting MLflow server on {backend_store_uri} (artifacts: {artifacts_destination}) ...", err=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        basic_auth = prepare_basic_auth(auth_dir) if auth else None
+    if basic_auth is not None:
+        for text in files_open_to_others(backend_store_uri, artifacts_destination):
+            click.echo(f"warning: {text}", err=True)
+    click.echo(f"starting MLflow server on {backend_store_uri} (artifacts: {artifacts_destination}"
+               f"{', basic auth' if auth else ''}) ...", err=True)
+    started = []
+
+    def announce(server) -> None:
+        started.append(server)
+        click.echo(f"MLflow UI: {server.url}")
+        if server.auth is None:
+            click.echo(f"log training to it with: --tracking-uri {server.url}")
+            click.echo("no authentication: every user of this machine can read, change and delete these runs "
+                       "(--auth asks for a password)", err=True)
+        else:
+            user = server.auth.admin_username
+            if server.auth.password_file is not None:
+                password, where = f'"$(cat {server.auth.password_file})"', f"in {server.auth.password_file}"
+            elif "MLFLOW_AUTH_ADMIN_PASSWORD" in server.auth.environment:
+                password, where = '"$MLFLOW_AUTH_ADMIN_PASSWORD"', "$MLFLOW_AUTH_ADMIN_PASSWORD"
+            else:
+                password, where = "...", f"the one {server.auth.database_path} was made with"
+            click.echo(f"sign in as {user!r}, password {where}")
+            click.echo(f"log training to it with: MLFLOW_TRACKING_USERNAME={user} MLFLOW_TRACKING_PASSWORD="
+                       f"{password} python train_distributed.py train ... --tracking-uri {server.url}")
+        click.echo(f"server log: {server.log_path}; Ctrl-C stops the server", err=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = lambda message, *rest: click.echo(f"warning: {message}", err=True)
         try:
-            server = start_server(host, port, backend_store_uri, artifacts_destination, allow_remote)
+            stopped_by = run_server(announce, host=host, port=port, backend_store_uri=backend_store_uri,
+                                    artifacts_destination=artifacts_destination, allow_remote=allow_remote,
+                                    auth=basic_auth)
         except ValueError as error:
             raise click.UsageError(str(error)) from None
         except RuntimeError as error:
             raise click.ClickException(str(error)) from None
-    for warning in caught:
-        click.echo(f"warning: {warning.message}", err=True)
-    click.echo(f"MLflow UI: {server.url}")
-    click.echo(f"log training to it with: --tracking-uri {server.url}")
-    click.echo(f"server log: {server.log_path}; Ctrl-C stops the server", err=True)
-    if not serve_until_stopped(server):
+    if not stopped_by:
+        server = started[0]
         raise click.ClickException(f"the MLflow server exited by itself (code {server.returncode}); "
                                    f"last lines of {server.log_path}:\n{log_tail(server.log_path)}")
+    import signal
+
+    click.echo(f"MLflow server stopped ({signal.Signals(stopped_by).name})", err=True)
+    # Stopped while serving: done as asked. Stopped during the start: the conventional 128 + signal.
+    sys.exit(0 if started else 128 + stopped_by)
 
 
 if __name__ == "__main__":

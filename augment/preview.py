@@ -9,33 +9,79 @@ from augment.config import AugmentConfig
 from augment.functional import match_histograms_uint8
 from augment.tf_ops import augment_batch
 
-LABEL_HEIGHT = 16
+LABEL_HEIGHT = 20
 GAP = 2
 MAX_MATCHED_ROWS = 4
+#: Images smaller than this are enlarged (nearest neighbour, so every pixel stays visible) to this side.
+MIN_TILE = 128
+CAPTION_SCALE = 0.45
+CAPTION_LINE = 18
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def _labelled_tile(image: np.ndarray, label: str) -> np.ndarray:
-    """(H, W) uint8 -> (LABEL_HEIGHT + H, W, 3) uint8 with the label on a dark bar."""
-    height, width = image.shape
-    tile = np.zeros((LABEL_HEIGHT + height, width, 3), dtype=np.uint8)
+def tile_side(image_side: int) -> int:
+    """Side in pixels an image of ``image_side`` px is shown at: at least :data:`MIN_TILE`."""
+    return max(int(image_side), MIN_TILE)
+
+
+def _labelled_tile(image: np.ndarray, label: str, side: int) -> np.ndarray:
+    """(H, W) uint8 -> (LABEL_HEIGHT + side, side, 3) uint8: enlarged to ``side`` with the label on a dark bar."""
+    if image.shape != (side, side):
+        image = cv2.resize(image, (side, side), interpolation=cv2.INTER_NEAREST)
+    tile = np.zeros((LABEL_HEIGHT + side, side, 3), dtype=np.uint8)
     tile[LABEL_HEIGHT:] = image[..., None]
-    cv2.putText(tile, label, (2, LABEL_HEIGHT - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 0), 1, cv2.LINE_AA)
+    cv2.putText(tile, label, (3, LABEL_HEIGHT - 6), _FONT, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
     return tile
 
 
-def _grid(rows: list[list[np.ndarray]], tile_shape: tuple[int, int, int]) -> np.ndarray:
-    """Place equally sized tiles row by row on a black canvas, GAP pixels apart."""
+def _wrapped(text: str, width: int) -> list[str]:
+    """``text`` broken at spaces into lines at most ``width`` px wide at the caption size."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and cv2.getTextSize(candidate, _FONT, CAPTION_SCALE, 1)[0][0] <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
+def caption_height(text: str, width: int) -> int:
+    """Height in pixels of the caption band :func:`_caption` draws for ``text`` over ``width`` px."""
+    return len(_wrapped(text, width - 8)) * CAPTION_LINE + 6
+
+
+def _caption(text: str, width: int) -> np.ndarray:
+    """(caption_height, width, 3) uint8 band with ``text`` in white, wrapped to the width."""
+    lines = _wrapped(text, width - 8)
+    band = np.full((caption_height(text, width), width, 3), 40, dtype=np.uint8)
+    for index, line in enumerate(lines, start=1):
+        cv2.putText(band, line, (4, index * CAPTION_LINE - 2), _FONT, CAPTION_SCALE, (255, 255, 255), 1, cv2.LINE_AA)
+    return band
+
+
+def _grid(rows: list[tuple[str, list[np.ndarray]]], tile_shape: tuple[int, int, int]) -> np.ndarray:
+    """Each row's caption band over its equally sized tiles, GAP pixels apart, on a black canvas."""
     tile_height, tile_width, _ = tile_shape
-    columns = max(len(row) for row in rows)
-    canvas = np.zeros(
-        (len(rows) * (tile_height + GAP) - GAP, columns * (tile_width + GAP) - GAP, 3), dtype=np.uint8
-    )
-    for row_index, row in enumerate(rows):
-        for column_index, tile in enumerate(row):
-            top = row_index * (tile_height + GAP)
+    columns = max(len(tiles) for _, tiles in rows)
+    width = columns * (tile_width + GAP) - GAP
+    parts = []
+    for caption, tiles in rows:
+        strip = np.zeros((tile_height, width, 3), dtype=np.uint8)
+        for column_index, tile in enumerate(tiles):
             left = column_index * (tile_width + GAP)
-            canvas[top : top + tile_height, left : left + tile_width] = tile
-    return canvas
+            strip[:, left:left + tile_width] = tile
+        parts += [_caption(caption, width), strip, np.zeros((GAP, width, 3), np.uint8)]
+    return np.concatenate(parts[:-1])
+
+
+def _augmentation_text(config: AugmentConfig) -> str:
+    flips = [name for name, on in (("left-right", config.horizontal_flip), ("up-down", config.vertical_flip)) if on]
+    return (f"rotation up to {config.rotation_degrees:g} deg, shifts {100 * config.width_shift:g} % / "
+            f"{100 * config.height_shift:g} %, zoom +-{100 * config.zoom:g} %, shear up to "
+            f"{config.shear_degrees:g} deg, {' and '.join(flips) + ' flips' if flips else 'no flips'} (one "
+            f"resample), brightness x{config.brightness_low:g} to x{config.brightness_high:g}, histogram matching "
+            f"with probability {config.histogram_match_probability:g}")
 
 
 def augment_preview_montage(
@@ -45,28 +91,33 @@ def augment_preview_montage(
     seed: int,
     variants: int = 5,
 ) -> np.ndarray:
-    """Montage of originals, augmented variants and histogram-matching examples.
+    """Captioned montage of originals, augmented variants and histogram-matching examples.
 
     Row 1 holds the originals; the next ``variants`` rows hold augmented
     versions (the TensorFlow training path, :func:`augment_batch` with seed
     ``[seed, variant]``). When the pool is not empty, up to 4 more rows show
     ``source | reference | matched`` (full matching, blend 1) for the first
-    images and randomly drawn references.
+    images and randomly drawn references. Every row has a caption band above
+    it saying what it shows; every image is shown at ``tile_side(H)`` px (at
+    least :data:`MIN_TILE`, enlarged by nearest neighbour) under its label.
 
     Args:
-        images: (N, H, W) uint8, N >= 1.
+        images: (N, H, W) uint8 square images (H == W), N >= 1.
         reference_pool: (R, H, W) uint8 images of other sites, or None.
         config: augmentation settings.
         seed: integer seed; the same seed gives the same montage.
         variants: number of augmented rows, >= 0.
 
     Returns:
-        (rows * (16 + H + 2) - 2, columns * (W + 2) - 2, 3) uint8 RGB image
-        with ``columns = max(N, 3)`` when matching rows are shown, else N.
+        (sum over rows of (caption + 20 + S) + 2 * (rows - 1), columns * (S + 2) - 2, 3)
+        uint8 RGB image, S = ``tile_side(H)``, ``columns = max(N, 3)`` when
+        matching rows are shown, else N.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty (N, H, W) uint8 array, got {images.dtype} {images.shape}")
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"images must be square, got {images.shape[1]}x{images.shape[2]}")
     if variants < 0:
         raise ValueError(f"variants must be at least 0, got {variants}")
     pool = None if reference_pool is None else np.asarray(reference_pool)
@@ -77,13 +128,20 @@ def augment_preview_montage(
     if pool is not None and len(pool) == 0:
         pool = None
     config.validate()
+    side = tile_side(images.shape[1])
+    shown = "" if side == images.shape[1] else f", shown enlarged to {side} px"
 
-    rows = [[_labelled_tile(image, f"original {index}") for index, image in enumerate(images)]]
+    rows = [(f"Originals: {len(images)} images ({images.shape[1]} px crops{shown})",
+             [_labelled_tile(image, f"original {index}", side) for index, image in enumerate(images)])]
     pool_tensor = None if pool is None else pool[..., None]
     for variant in range(1, variants + 1):
         augmented = augment_batch(images[..., None], pool_tensor, config, tf.constant([seed, variant], tf.int64))
         augmented = np.rint(augmented.numpy()[..., 0]).astype(np.uint8)
-        rows.append([_labelled_tile(image, f"augmented {variant}.{index}") for index, image in enumerate(augmented)])
+        caption = f"Augmented, variant {variant} of {variants} (seed [{seed}, {variant}])"
+        if variant == 1:
+            caption += ": " + _augmentation_text(config)
+        rows.append((caption, [_labelled_tile(image, f"augmented {variant}.{index}", side)
+                               for index, image in enumerate(augmented)]))
 
     if pool is not None:
         rng = np.random.default_rng(seed)
@@ -91,9 +149,10 @@ def augment_preview_montage(
             reference_index = int(rng.integers(len(pool)))
             reference = pool[reference_index]
             matched = match_histograms_uint8(images[index], reference)
-            rows.append([
-                _labelled_tile(images[index], f"source {index}"),
-                _labelled_tile(reference, f"reference {reference_index}"),
-                _labelled_tile(matched, "matched"),
-            ])
-    return _grid(rows, rows[0][0].shape)
+            rows.append((f"Histogram matching of original {index}: source | reference {reference_index} of the "
+                         f"{len(pool)}-image pool (other sites) | source matched to it (blend 1)", [
+                _labelled_tile(images[index], f"source {index}", side),
+                _labelled_tile(reference, f"reference {reference_index}", side),
+                _labelled_tile(matched, "matched", side),
+            ]))
+    return _grid(rows, rows[0][1][0].shape)

@@ -1,32 +1,44 @@
 """Pure numpy/OpenCV functions that crop brain-MRI slices to the head."""
 from brain_crop.functional import (
+    CROP_VERSION,
+    CROP_VERSIONS,
     FLAG_BLANK,
     FLAG_NO_CONTOUR,
     FLAG_OK,
     FLAG_TOUCHES_BORDER,
     FLAGS,
     CropBox,
+    Threshold,
+    adaptive_threshold,
     area_fraction_removed,
+    background_level,
     crop_brain,
     effective_threshold,
     expand_box,
     find_brain_box,
     foreground_mask,
     foreground_mass_kept,
+    remove_edge_artefacts,
     resize_square,
     to_grey,
 )
-from brain_crop.preview import crop_preview_montage, crop_preview_tile
+from brain_crop.preview import crop_preview_legend, crop_preview_montage, crop_preview_tile
 
 __all__ = [
+    "CROP_VERSION",
+    "CROP_VERSIONS",
     "FLAG_BLANK",
     "FLAG_NO_CONTOUR",
     "FLAG_OK",
     "FLAG_TOUCHES_BORDER",
     "FLAGS",
     "CropBox",
+    "Threshold",
+    "adaptive_threshold",
     "area_fraction_removed",
+    "background_level",
     "crop_brain",
+    "crop_preview_legend",
     "crop_preview_montage",
     "crop_preview_tile",
     "effective_threshold",
@@ -34,6 +46,7 @@ __all__ = [
     "find_brain_box",
     "foreground_mask",
     "foreground_mass_kept",
+    "remove_edge_artefacts",
     "resize_square",
     "to_grey",
 ]

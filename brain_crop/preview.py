@@ -7,13 +7,29 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from brain_crop.functional import FLAG_OK, CropBox
+from brain_crop.functional import FLAG_BLANK, FLAG_NO_CONTOUR, FLAG_OK, FLAG_TOUCHES_BORDER, CropBox
 
 #: RGB box colours: green when the crop was found normally, orange otherwise.
 COLOUR_OK = (0, 200, 0)
 COLOUR_FLAGGED = (255, 150, 0)
 GAP = 2
 TITLE_BAND = 16
+BACKGROUND = 40
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+LEGEND_FONT_SCALE = 0.42
+LEGEND_LINE = 17
+LEGEND_MARGIN = 6
+
+#: What the box colours and the flag labels of :func:`crop_preview_tile` mean, one legend line each:
+#: ``(RGB swatch colour or None, text)``.
+LEGEND_LINES = (
+    (COLOUR_OK, "green box: the crop box, found normally (flag ok)"),
+    (COLOUR_FLAGGED, "orange box, with its flag written at the bottom of the tile:"),
+    (None, f"  {FLAG_TOUCHES_BORDER}: the head reaches the image edge, part of it may lie outside the image"
+           " (the box is still the head's box)"),
+    (None, f"  {FLAG_BLANK}: near-constant image; the box is the whole image"),
+    (None, f"  {FLAG_NO_CONTOUR}: nothing left after threshold and clean-up; the box is the whole image"),
+)
 
 
 def crop_preview_tile(image: np.ndarray, box: CropBox, title: str, tile: int = 192) -> np.ndarray:
@@ -46,7 +62,7 @@ def crop_preview_tile(image: np.ndarray, box: CropBox, title: str, tile: int = 1
     corner1 = (left + max(int(box.x1 * scale) - 1, 0), top + max(int(box.y1 * scale) - 1, 0))
     cv2.rectangle(canvas, corner0, corner1, colour, 1)
 
-    font, font_scale = cv2.FONT_HERSHEY_SIMPLEX, 0.38
+    font, font_scale = FONT, 0.38
     max_chars = max(1, tile // 7)
     canvas[:TITLE_BAND] //= 3
     cv2.putText(canvas, title[:max_chars], (3, TITLE_BAND - 4), font, font_scale,
@@ -56,6 +72,53 @@ def crop_preview_tile(image: np.ndarray, box: CropBox, title: str, tile: int = 1
     return canvas
 
 
+def crop_preview_legend(
+    lines: Sequence[tuple[tuple[int, int, int] | None, str]] = LEGEND_LINES, width: int = 0
+) -> np.ndarray:
+    """A (H, W, 3) uint8 RGB caption band: one line per ``(swatch colour, text)``.
+
+    A line with a colour starts with a small box outline of that colour (as
+    the boxes are drawn on the tiles); ``None`` gives an indented text line.
+
+    Args:
+        lines: the legend lines; by default what :func:`crop_preview_tile`'s
+            colours and flag labels mean.
+        width: minimum width in pixels; the band is widened to fit its
+            longest line.
+
+    Returns:
+        RGB band, ``LEGEND_MARGIN`` pixels of dark grey around the lines,
+        ``LEGEND_LINE`` pixels per line.
+    """
+    if len(lines) == 0:
+        raise ValueError("a legend needs at least one line")
+    swatch = LEGEND_LINE - 6
+    text_left = LEGEND_MARGIN + swatch + 6
+    needed = max(cv2.getTextSize(text, FONT, LEGEND_FONT_SCALE, 1)[0][0] for _, text in lines)
+    width = max(width, text_left + needed + LEGEND_MARGIN)
+    band = np.full((2 * LEGEND_MARGIN + LEGEND_LINE * len(lines), width, 3), BACKGROUND, np.uint8)
+    for index, (colour, text) in enumerate(lines):
+        top = LEGEND_MARGIN + index * LEGEND_LINE
+        if colour is not None:
+            cv2.rectangle(band, (LEGEND_MARGIN, top + 3), (LEGEND_MARGIN + swatch, top + 3 + swatch - 2),
+                          tuple(int(value) for value in colour), 2)
+        cv2.putText(band, text, (text_left, top + LEGEND_LINE - 4), FONT, LEGEND_FONT_SCALE,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return band
+
+
+def stack_with_legend(montage: np.ndarray, legend: np.ndarray) -> np.ndarray:
+    """``montage`` above ``legend`` (both (H, W, 3) uint8), the narrower one padded with dark grey."""
+    width = max(montage.shape[1], legend.shape[1])
+    parts = []
+    for part in (montage, legend):
+        padded = np.full((part.shape[0], width, 3), BACKGROUND, np.uint8)
+        padded[:, :part.shape[1]] = part
+        parts.append(padded)
+    gap = np.full((GAP, width, 3), BACKGROUND, np.uint8)
+    return np.concatenate([parts[0], gap, parts[1]], axis=0)
+
+
 def crop_preview_montage(
     images: Sequence[np.ndarray],
     boxes: Sequence[CropBox],
@@ -63,8 +126,9 @@ def crop_preview_montage(
     *,
     tile: int = 192,
     columns: int = 6,
+    legend: bool = True,
 ) -> np.ndarray:
-    """Lay out one :func:`crop_preview_tile` per image on a grid.
+    """Lay out one :func:`crop_preview_tile` per image on a grid, with a legend below.
 
     Args:
         images: (H, W) or (H, W, 3) RGB uint8 images, any sizes.
@@ -72,11 +136,15 @@ def crop_preview_montage(
         titles: one short title per image.
         tile: tile side in pixels (>= 32).
         columns: tiles per row (>= 1); fewer when there are fewer images.
+        legend: add the :func:`crop_preview_legend` band under the grid,
+            saying what the box colours and flag labels mean.
 
     Returns:
-        (rows * (tile + 2) - 2, cols * (tile + 2) - 2, 3) uint8 RGB montage,
-        tiles separated by 2-pixel dark grey gaps. Raises ValueError when no
-        images are given or the three sequences differ in length.
+        uint8 RGB montage: the grid is (rows * (tile + 2) - 2, cols * (tile + 2) - 2, 3),
+        tiles separated by 2-pixel dark grey gaps; with ``legend`` a 2-pixel
+        gap and the legend band follow, and the image is as wide as the wider
+        of the two. Raises ValueError when no images are given or the three
+        sequences differ in length.
     """
     if not len(images) == len(boxes) == len(titles):
         raise ValueError(
@@ -91,10 +159,10 @@ def crop_preview_montage(
     columns = min(columns, len(images))
     rows = math.ceil(len(images) / columns)
     step = tile + GAP
-    montage = np.full((rows * step - GAP, columns * step - GAP, 3), 40, np.uint8)
+    montage = np.full((rows * step - GAP, columns * step - GAP, 3), BACKGROUND, np.uint8)
     for index, (image, box, title) in enumerate(zip(images, boxes, titles)):
         row, column = divmod(index, columns)
         montage[row * step:row * step + tile, column * step:column * step + tile] = (
             crop_preview_tile(image, box, title, tile)
         )
-    return montage
+    return stack_with_legend(montage, crop_preview_legend()) if legend else montage

@@ -339,6 +339,45 @@ def _tile(image: np.ndarray, tile: int) -> np.ndarray:
     return cv2.cvtColor(resize_square(image.astype(np.uint8), tile), cv2.COLOR_GRAY2RGB)
 
 
+def wrap_text(text: str, width: int, font: int, scale: float, thickness: int = 1) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels in the OpenCV ``font``."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and cv2.getTextSize(candidate, font, scale, thickness)[0][0] <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
+def caption_band(paragraphs: Sequence[str], width: int, scale: float = 0.45) -> np.ndarray:
+    """(H, width, 3) uint8 black band with the paragraphs written in white, wrapped to the width."""
+    font, thickness, margin = cv2.FONT_HERSHEY_SIMPLEX, 1, 6
+    line_height = int(round(30 * scale)) + 4
+    lines = [line for paragraph in paragraphs for line in wrap_text(paragraph, width - 2 * margin, font, scale)]
+    band = np.zeros((len(lines) * line_height + 2 * margin, width, 3), np.uint8)
+    for index, line in enumerate(lines, start=1):
+        cv2.putText(band, line, (margin, margin + index * line_height - 5), font, scale, _WHITE, thickness,
+                    cv2.LINE_AA)
+    return band
+
+
+def audit_pairs_caption(result: AuditResult, shown: int) -> list[str]:
+    """What ``audit_pairs.png`` shows, as the paragraphs of its caption."""
+    disagreeing = sum(not pair["same_site"] for pair in result.label_disagreement_pairs)
+    return [
+        f"Cross-site near-duplicate pairs of the leakage audit: {shown} of {len(result.pairs)}. Each pair: an "
+        "image of the site given first (left, upper key site/file) beside its near-duplicate in another site "
+        "(right, lower key).",
+        f"d: Hamming distance between the two perceptual hashes of the brain crops (0 = same hash; pairs at "
+        f"d <= {result.threshold_bits} bits count as copies).",
+        f"Order: pairs whose labels differ first (red frame; {disagreeing} here), then by decreasing d: the "
+        "pairs closest to the threshold, the ones most worth checking by eye, come first, so the first rows "
+        f"often all read d={result.threshold_bits}.",
+    ]
+
+
 def audit_pairs_montage(
     result: AuditResult,
     load_image: Callable[[str], np.ndarray],
@@ -351,7 +390,9 @@ def audit_pairs_montage(
     Pairs whose labels disagree come first, framed and labelled in red; then
     the others by decreasing distance (the ones closest to the threshold are
     the ones worth checking). Each pair shows both images side by side with
-    the two keys (shortened) and the distance below; three pairs per row.
+    the two keys (shortened) and the distance below; three pairs per row,
+    under a caption (:func:`audit_pairs_caption`) saying what the pairs are,
+    their order and what ``d`` means.
 
     Args:
         result: an audit result.
@@ -361,8 +402,8 @@ def audit_pairs_montage(
         tile: side of each image square in pixels, >= 32.
 
     Returns:
-        (H, W, 3) uint8 RGB montage. With no cross-site pairs, a single
-        black panel saying so.
+        (H, W, 3) uint8 RGB montage, W = columns * (2 * tile + 6) + 6. With
+        no cross-site pairs, a single black panel saying so.
     """
     if max_pairs < 1:
         raise ValueError(f"max_pairs must be >= 1, got {max_pairs}")
@@ -403,14 +444,15 @@ def audit_pairs_montage(
         for line, text in enumerate((first, second), start=1):
             cv2.putText(montage, text, (left + 2, top + tile + line * line_height), font, scale, colour, thickness,
                         cv2.LINE_AA)
-    return montage
+    return np.concatenate([caption_band(audit_pairs_caption(result, len(shown)), montage.shape[1]), montage])
 
 
 def format_audit_table(result: AuditResult) -> str:
     """A short console table: per-site counts, then the overlap matrix.
 
     The matrix cell (row A, column B) is the number of images of A with a
-    near-duplicate in B; label disagreements, when any, follow in brackets.
+    near-duplicate in B, then in brackets how many of them disagree on the
+    label with such a near-duplicate (``248 (0)``).
     """
     names = result.site_names
     width = max([5, *(len(name) for name in names)])
@@ -431,12 +473,10 @@ def format_audit_table(result: AuditResult) -> str:
                     cells[a, b] = "-"
                     continue
                 counts = result.overlap[a][b]
-                text = str(counts["images"])
-                if counts["label_disagreements"]:
-                    text += f" ({counts['label_disagreements']})"
-                cells[a, b] = text
+                cells[a, b] = f"{counts['images']} ({counts['label_disagreements']})"
         column = max([width, *(len(text) for text in cells.values())])
-        lines += ["", "images of ROW with a near-duplicate in COLUMN (label disagreements):"]
+        lines += ["", "images of ROW with a near-duplicate in COLUMN (of them, with a near-duplicate of the other "
+                      "label):"]
         lines.append(" " * width + "".join(f"  {b:>{column}}" for b in names))
         for a in names:
             lines.append(f"{a:<{width}}" + "".join(f"  {cells[a, b]:>{column}}" for b in names))

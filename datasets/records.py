@@ -67,7 +67,8 @@ class BadFile:
 
     Reason codes: ``empty_file``, ``not_an_image``, ``corrupt``,
     ``truncated``, ``too_small``, ``constant_image``, ``too_many_pixels``,
-    ``hidden_file``, ``unreadable``, ``unsupported_extension``.
+    ``hidden_file``, ``unreadable``, ``unsupported_extension``,
+    ``not_a_regular_file``, ``symlink_outside_site``, ``dangling_symlink``.
     """
 
     path: str

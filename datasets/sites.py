@@ -124,30 +124,62 @@ class Site:
                     f"positive/negative or glioma/meningioma/pituitary/notumor"
                 )
 
-    def list_files(self) -> tuple[list[Candidate], list[BadFile]]:
-        """All candidate image files, sorted by relative path, and files skipped by name.
+    def list_files(self, *, follow_external_symlinks: bool = False) -> tuple[list[Candidate], list[BadFile]]:
+        """All candidate image files, sorted by relative path, and files skipped before reading.
 
-        Hidden files (``.DS_Store``, ``._x.jpg``) and files with extensions that
-        are not images are returned as :class:`BadFile` records. Raises
-        ValueError when the site has no images or only one class.
+        Skipped as :class:`BadFile` records, from names and ``os.lstat`` only
+        (nothing is opened): hidden files (``.DS_Store``, ``._x.jpg``),
+        extensions that are not images, anything that is not a regular file
+        (FIFOs, sockets, devices, folders named like images:
+        ``not_a_regular_file``), symlinks to nothing (``dangling_symlink``) and
+        files whose real path lies outside the site folder, by a symlink of
+        their own or of a folder (``symlink_outside_site``), unless
+        ``follow_external_symlinks``. Symlinks inside the site are followed.
+        Raises ValueError when the site has no images or only one class.
         """
+        from datasets.validation import is_within, regular_file_problem, summarize_bad_files
+
+        real_root = os.path.realpath(self.root)
+        root = str(self.root)
         candidates: list[Candidate] = []
         skipped: list[BadFile] = []
         for folder in self.class_folders():
             for dirpath, dirnames, filenames in os.walk(folder.path):
-                dirnames.sort()
-                for filename in sorted(filenames):
-                    path = Path(dirpath) / filename
-                    relative = path.relative_to(self.root).as_posix()
-                    if any(part.startswith(".") for part in Path(relative).parts):
-                        skipped.append(BadFile(str(path), relative, self.name, "hidden_file"))
-                    elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-                        skipped.append(BadFile(str(path), relative, self.name, "unsupported_extension",
-                                               f"extension {path.suffix or '(none)'!r}"))
+                image_named = {name for name in dirnames if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS}
+                dirnames[:] = sorted(name for name in dirnames if name not in image_named)
+                real_folder = os.path.realpath(dirpath)
+                outside = not follow_external_symlinks and not is_within(real_folder, real_root)
+                relative_folder = os.path.relpath(dirpath, root).replace(os.sep, "/")
+                hidden_folder = any(part.startswith(".") for part in relative_folder.split("/") if part != ".")
+                for filename in sorted([*filenames, *image_named]):
+                    path = os.path.join(dirpath, filename)
+                    relative = f"{relative_folder}/{filename}"
+                    extension = os.path.splitext(filename)[1]
+                    if hidden_folder or filename.startswith("."):
+                        skipped.append(BadFile(path, relative, self.name, "hidden_file"))
+                    elif extension.lower() not in IMAGE_EXTENSIONS:
+                        skipped.append(BadFile(path, relative, self.name, "unsupported_extension",
+                                               f"extension {extension or '(none)'!r}"))
+                    elif outside:
+                        skipped.append(BadFile(path, relative, self.name, "symlink_outside_site",
+                                               f"its folder resolves to {real_folder!r}, outside the site folder; "
+                                               f"allowed with data.follow_external_symlinks"))
                     else:
-                        candidates.append(Candidate(str(path), relative, folder.label, folder.subclass))
+                        problem = regular_file_problem(path, real_root,
+                                                       follow_external_symlinks=follow_external_symlinks)
+                        if problem is None:
+                            candidates.append(Candidate(path, relative, folder.label, folder.subclass))
+                        else:
+                            skipped.append(BadFile(path, relative, self.name, *problem))
         candidates.sort(key=lambda c: c.relative_path)
-        check_classes(self.name, [c.label for c in candidates], what="image files")
+        skipped.sort(key=lambda b: b.relative_path)
+        try:
+            check_classes(self.name, [c.label for c in candidates], what="image files")
+        except ValueError as error:
+            if not skipped:
+                raise
+            counts = ", ".join(f"{reason} ({count})" for reason, count in summarize_bad_files(skipped).items())
+            raise ValueError(f"{error} ({len(skipped)} files skipped: {counts})") from None
         return candidates, skipped
 
 
@@ -242,3 +274,19 @@ def parse_site_spec(spec: str) -> tuple[str, str]:
     if not separator or not name or not path:
         raise ValueError(f"site {spec!r} must be given as NAME=PATH, for example br35h=data/br35h")
     return check_site_name(name), path
+
+
+def check_site_folder(name: str, path: str) -> None:
+    """Raise ValueError unless site ``name``'s folder ``path`` exists, is a folder and holds images of both
+    classes in known class folders (names and ``lstat`` only; a ``synthetic`` site not yet written is fine)."""
+    folder = Path(path).expanduser()
+    if name == "synthetic" and not folder.exists():
+        return
+    if not folder.exists():
+        raise ValueError(f"site {name!r}: folder {path!r} does not exist")
+    if not folder.is_dir():
+        raise ValueError(f"site {name!r}: {path!r} is a file, not a folder")
+    try:
+        open_site(name, folder).list_files()
+    except OSError as error:
+        raise ValueError(f"site {name!r}: folder {path!r} cannot be listed: {error.strerror or error}") from None

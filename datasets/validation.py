@@ -7,17 +7,22 @@ bytes into one (H, W) uint8 greyscale image or raises :class:`ImageRejected`
 with one of the reason codes of :class:`datasets.records.BadFile`.
 
 Checks run in this order, each before any costly step that could be fooled by
-the file: empty -> not an image (magic bytes) -> too many pixels (read from
-the header, before decoding, so decompression bombs are never decoded) ->
-truncated -> corrupt (OpenCV cannot decode) -> conversion to grey -> too
-small -> constant.
+the file: what the path is (:func:`regular_file_problem`, from ``os.lstat``
+and ``os.stat`` only: FIFOs, sockets, devices and folders are never opened,
+symlinks must resolve to a file inside the site folder) -> empty -> not an
+image (magic bytes) -> too many pixels (read from the header, before
+decoding, so decompression bombs are never decoded) -> truncated -> corrupt
+(OpenCV cannot decode) -> conversion to grey -> too small -> constant.
+Reasons never quote a file's bytes: at most the kind of file detected.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import stat
 import struct
-from typing import Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -38,6 +43,9 @@ REASONS = (
     "hidden_file",
     "unreadable",
     "unsupported_extension",
+    "not_a_regular_file",
+    "symlink_outside_site",
+    "dangling_symlink",
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -67,6 +75,29 @@ class ImageRejected(Exception):
         self.detail = detail
 
 
+#: Signatures of files that are not a supported image, for the ``not_an_image`` detail (never the bytes).
+OTHER_SIGNATURES = (
+    (b"GIF87a", "a GIF image (not a supported format)"),
+    (b"GIF89a", "a GIF image (not a supported format)"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"\x7fELF", "an executable"),
+    (b"<!DOCTYPE html", "an HTML page"),
+    (b"<html", "an HTML page"),
+    (b"<?xml", "an XML file"),
+)
+
+#: ``stat`` tests and what a path that is not a regular file is, for the ``not_a_regular_file`` detail.
+FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
 def image_format(data: bytes) -> str | None:
     """Return ``"jpeg"``, ``"png"``, ``"bmp"`` or ``"tiff"`` from the magic bytes, else None."""
     if data.startswith(JPEG_START):
@@ -78,6 +109,125 @@ def image_format(data: bytes) -> str | None:
     if data.startswith(TIFF_STARTS):
         return "tiff"
     return None
+
+
+def signature_kind(data: bytes) -> str:
+    """What a file that is not a supported image looks like, e.g. ``"a PDF document"``, ``"text"``.
+
+    Judged from the first bytes only; ``"unknown signature"`` when nothing
+    fits. The result never contains the file's bytes.
+    """
+    head = data[:512]
+    for signature, kind in OTHER_SIGNATURES:
+        if head.lstrip().lower().startswith(signature.lower()):
+            return kind
+    if head[4:12] in (b"ftypheic", b"ftypavif") or (head.startswith(b"RIFF") and head[8:12] == b"WEBP"):
+        return "a HEIC, AVIF or WebP image (not a supported format)"
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return "a DICOM file (not a supported format)"
+    for cut in range(4):  # the first 512 bytes may end inside a UTF-8 character
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if text and all(character.isprintable() or character in "\t\r\n\f" for character in text):
+            return "text"
+        break
+    return "unknown signature"
+
+
+def file_kind(mode: int) -> str:
+    """``"a FIFO (named pipe)"``, ``"a folder"``, ... for an ``st_mode`` that is not a regular file."""
+    for test, kind in FILE_KINDS:
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def is_within(path: str, folder: str) -> bool:
+    """True when ``path`` is ``folder`` or lies under it (both already resolved with ``os.path.realpath``)."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _os_error_detail(error: OSError) -> str:
+    return f"{type(error).__name__}: {error.strerror or error}"
+
+
+def regular_file_problem(
+    path: str, real_root: str | None = None, *, follow_external_symlinks: bool = False
+) -> tuple[str, str] | None:
+    """Why ``path`` cannot be read as an image file, judged by ``os.lstat``/``os.stat`` (never opened).
+
+    Args:
+        path: the path to check.
+        real_root: the site folder, already resolved with ``os.path.realpath``;
+            when given, a symlink whose target resolves outside it is refused.
+            None: the target may be anywhere.
+        follow_external_symlinks: accept symlinks that resolve outside ``real_root``.
+
+    Returns:
+        None for a regular file (or a symlink to one, inside the site), else
+        ``(reason, detail)`` with reason ``unreadable``, ``dangling_symlink``,
+        ``symlink_outside_site`` or ``not_a_regular_file``.
+    """
+    try:
+        status = os.lstat(path)
+    except OSError as error:
+        return "unreadable", _os_error_detail(error)
+    if stat.S_ISLNK(status.st_mode):
+        try:
+            status = os.stat(path)
+        except FileNotFoundError:
+            return "dangling_symlink", "symlink to a file that does not exist"
+        except OSError as error:
+            return "dangling_symlink", f"symlink that cannot be resolved ({error.strerror or error})"
+        if real_root is not None and not follow_external_symlinks:
+            target = os.path.realpath(path)
+            if not is_within(target, real_root):
+                return "symlink_outside_site", (f"symlink to {target!r}, outside the site folder; "
+                                                f"allowed with data.follow_external_symlinks")
+    if not stat.S_ISREG(status.st_mode):
+        return "not_a_regular_file", f"{file_kind(status.st_mode)}, not a regular file"
+    return None
+
+
+@contextlib.contextmanager
+def open_regular_file(path: str) -> Iterator[BinaryIO]:
+    """Open a regular file (symlinks followed) for reading; FIFOs, sockets, devices and folders never are.
+
+    The path is checked with :func:`regular_file_problem` before it is
+    opened, and the opened descriptor again (``O_NONBLOCK``, so a FIFO put
+    in its place between the two cannot block).
+
+    Raises:
+        ImageRejected: ``unreadable``, ``dangling_symlink`` or ``not_a_regular_file``.
+    """
+    problem = regular_file_problem(path)
+    if problem is not None:
+        raise ImageRejected(*problem)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as error:
+        raise ImageRejected("unreadable", _os_error_detail(error)) from error
+    with os.fdopen(descriptor, "rb") as file:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageRejected("not_a_regular_file", f"{file_kind(mode)}, not a regular file")
+        yield file
+
+
+def read_regular_file(path: str) -> bytes:
+    """The bytes of a regular file, read with :func:`open_regular_file` (same errors).
+
+    Raises:
+        ImageRejected: ``unreadable`` also when reading fails (OSError).
+    """
+    with open_regular_file(path) as file:
+        try:
+            return file.read()
+        except OSError as error:
+            raise ImageRejected("unreadable", _os_error_detail(error)) from error
 
 
 def jpeg_segments(data: bytes):
@@ -243,7 +393,7 @@ def decode_image_bytes(
         raise ImageRejected("empty_file", "0 bytes")
     kind = image_format(data)
     if kind is None:
-        raise ImageRejected("not_an_image", f"starts with {data[:8]!r}")
+        raise ImageRejected("not_an_image", signature_kind(data))
     size = header_size(data, kind)
     if size is not None and size[0] * size[1] > max_pixels:
         raise ImageRejected(
@@ -272,19 +422,14 @@ def decode_image_bytes(
 
 
 def read_image_file(path: str, **kwargs) -> np.ndarray:
-    """Read a file and decode it with :func:`decode_image_bytes` (same keywords).
+    """Read a regular file and decode it with :func:`decode_image_bytes` (same keywords).
 
     Raises:
         ImageRejected: ``unreadable`` when the file cannot be read (OSError),
-            else any reason of :func:`decode_image_bytes`.
+            ``not_a_regular_file`` or ``dangling_symlink`` (see
+            :func:`open_regular_file`), else any reason of :func:`decode_image_bytes`.
     """
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError as error:
-        detail = f"{type(error).__name__}: {error.strerror or error}"
-        raise ImageRejected("unreadable", detail) from error
-    return decode_image_bytes(data, **kwargs)
+    return decode_image_bytes(read_regular_file(path), **kwargs)
 
 
 def is_hidden(path: str) -> bool:
@@ -297,7 +442,8 @@ def is_hidden(path: str) -> bool:
 
 
 def check_file(
-    path: str, relative_path: str, site: str, **kwargs
+    path: str, relative_path: str, site: str, *, site_root: str | None = None,
+    follow_external_symlinks: bool = False, **kwargs
 ) -> tuple[np.ndarray | None, BadFile | None]:
     """Read one file of a site; never raises for a bad file.
 
@@ -305,12 +451,17 @@ def check_file(
         path: the file's path on disk.
         relative_path: its path relative to the site root (``/`` separators).
         site: site name, copied into the BadFile.
+        site_root: the site folder; when given, a file whose real path (its
+            symlinks and its folders' symlinks resolved) lies outside it is
+            skipped as ``symlink_outside_site``.
+        follow_external_symlinks: read such files all the same.
         **kwargs: passed to :func:`decode_image_bytes` (``max_pixels``, ``min_side``).
 
     Returns:
         ``(image, None)`` with a (H, W) uint8 image, or ``(None, bad_file)``.
-        Hidden files (``hidden_file``) and extensions outside
-        :data:`IMAGE_EXTENSIONS`, any case (``unsupported_extension``) are
+        Hidden files (``hidden_file``), extensions outside
+        :data:`IMAGE_EXTENSIONS`, any case (``unsupported_extension``) and
+        paths that are not regular files (:func:`regular_file_problem`) are
         skipped without being read.
     """
     if is_hidden(relative_path) or is_hidden(os.path.basename(path)):
@@ -319,6 +470,16 @@ def check_file(
     if extension not in IMAGE_EXTENSIONS:
         detail = f"extension {extension!r}" if extension else "no extension"
         return None, BadFile(path, relative_path, site, "unsupported_extension", detail)
+    real_root = os.path.realpath(site_root) if site_root is not None else None
+    if real_root is not None and not follow_external_symlinks:
+        folder = os.path.realpath(os.path.dirname(path) or ".")
+        if not is_within(folder, real_root):
+            return None, BadFile(path, relative_path, site, "symlink_outside_site",
+                                 f"its folder resolves to {folder!r}, outside the site folder; "
+                                 f"allowed with data.follow_external_symlinks")
+    problem = regular_file_problem(path, real_root, follow_external_symlinks=follow_external_symlinks)
+    if problem is not None:
+        return None, BadFile(path, relative_path, site, *problem)
     try:
         return read_image_file(path, **kwargs), None
     except ImageRejected as rejected:

@@ -8,6 +8,13 @@ cells like ``0.873 [0.851, 0.894]``, one table per subset), ``compare.csv``
 (one row per run and site) and ``compare.png`` / ``compare_leak_free.png`` /
 ``compare_source_disjoint.png`` (bars with CI error bars).
 
+Runs that share every setting but the seed are one recipe: :func:`seed_groups`
+gathers them and ``compare.md`` and ``compare_seeds.csv`` give each recipe's
+AUC as mean ± sd over its seeds with n. An ablation
+(``train_distributed.py ablate``) is one MLflow parent run with a child run
+per variant and seed; :func:`select_ablation` picks its children by the
+parent's run id, its ablation name or its run name.
+
 mlflow is imported inside :func:`collect_runs` only.
 """
 from __future__ import annotations
@@ -17,7 +24,20 @@ import math
 import os
 import re
 
+from typing import Iterable, Sequence
+
 from eval.plots import plot_auc_bars
+from eval.results import seed_statistics
+
+#: Tags of an ablation's runs: the parent has ABLATION_TAG; each child has all four.
+ABLATION_TAG = "brainmri.ablation"
+VARIANT_TAG = "brainmri.variant"
+SEED_TAG = "brainmri.seed"
+PARENT_TAG = "mlflow.parentRunId"
+#: Params that never tell two recipes apart: the seed, and where or under what name a run was written.
+#: The CLI passes the training config's full list (``training.config.NOT_DEFINING`` and ``seed``).
+NOT_GROUPING_PARAMS = frozenset({"seed", "output", "run_name", "cache_dir", "gpus", "tracking_uri", "log_model"})
+RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 #: Metric suffixes read from runs: the AUC of every subset, of the model and of the shortcut baseline.
 VALUE_SUFFIXES = tuple(f"{subset}{model}auc{bound}"
@@ -49,31 +69,45 @@ def parse_metric_name(name: str) -> tuple[str, str, str] | None:
     return role, site, value
 
 
-def collect_runs(experiment: str, tracking_uri: str | None = None) -> list[dict]:
-    """Runs of an MLflow experiment with their AUC metrics, oldest first.
+def collect_runs(experiment: str, tracking_uri: str | None = None, ablation: str = "") -> list[dict]:
+    """Runs of an MLflow experiment with their AUC metrics, params and ablation tags, oldest first.
 
     Args:
         experiment: experiment name.
         tracking_uri: MLflow tracking URI; None uses MLflow's default
             (``MLFLOW_TRACKING_URI`` or ``./mlruns``).
+        ablation: '' for every run; else only the children of one ablation
+            (:func:`select_ablation`). A parent run id is looked up in its
+            own experiment, whatever ``experiment`` says.
 
     Returns:
         ``[{"run_id", "run_name", "start_time", "status", "metrics":
-        {name: value}}]`` keeping only metrics that :func:`parse_metric_name`
-        understands.
+        {name: value}, "params": {name: text}, "tags": {name: text}}]``
+        keeping only metrics that :func:`parse_metric_name` understands and
+        the tags ``brainmri.*`` and ``mlflow.parentRunId``.
 
     Raises:
-        ValueError: the experiment does not exist.
+        ValueError: the experiment does not exist, or ``ablation`` names no
+            ablation or several.
     """
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise ValueError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
+    experiment_id = None
+    if ablation and RUN_ID_PATTERN.match(ablation):
+        try:
+            experiment_id = client.get_run(ablation).info.experiment_id
+        except MlflowException:
+            experiment_id = None
+    if experiment_id is None:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise ValueError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
+        experiment_id = found.experiment_id
     runs, page_token = [], None
     while True:
-        page = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"],
+        page = client.search_runs([experiment_id], order_by=["attributes.start_time ASC"],
                                   max_results=1000, page_token=page_token)
         for run in page:
             metrics = {name: float(value) for name, value in run.data.metrics.items()
@@ -84,11 +118,146 @@ def collect_runs(experiment: str, tracking_uri: str | None = None) -> list[dict]
                 "start_time": run.info.start_time,
                 "status": run.info.status,
                 "metrics": metrics,
+                "params": dict(run.data.params),
+                "tags": {key: value for key, value in run.data.tags.items()
+                         if key.startswith("brainmri.") or key == PARENT_TAG},
             })
         page_token = page.token
         if not page_token:
             break
-    return runs
+    return select_ablation(runs, ablation) if ablation else runs
+
+
+def ablation_parents(runs: Iterable[dict]) -> list[dict]:
+    """The ablation parent runs among ``runs``: tagged ``brainmri.ablation`` and not a child themselves."""
+    return [run for run in runs if ABLATION_TAG in run.get("tags", {}) and PARENT_TAG not in run.get("tags", {})]
+
+
+def select_ablation(runs: Sequence[dict], ablation: str) -> list[dict]:
+    """The child runs of one ablation, in the order of ``runs``.
+
+    Args:
+        runs: as from :func:`collect_runs` (``run_id``, ``run_name``, ``tags``).
+        ablation: the parent's run id, else its ablation name (tag
+            ``brainmri.ablation``, the ablation folder's name), else its run name.
+
+    Raises:
+        ValueError: no parent matches (the message lists the ablations
+            there), several match (pass the run id), or the parent has no children.
+    """
+    parents = ablation_parents(runs)
+    matches = [run for run in parents if run["run_id"] == ablation]
+    matches = matches or [run for run in parents if run["tags"][ABLATION_TAG] == ablation]
+    matches = matches or [run for run in parents if run["run_name"] == ablation]
+    if not matches:
+        known = ", ".join(f"{run['tags'][ABLATION_TAG]!r} ({run['run_id']})" for run in parents) or "none"
+        raise ValueError(f"no ablation {ablation!r} (parent run id, ablation name or run name); "
+                         f"ablations here: {known}")
+    if len(matches) > 1:
+        raise ValueError(f"{len(matches)} ablations match {ablation!r}; pass the parent run id, one of "
+                         f"{', '.join(run['run_id'] for run in matches)}")
+    parent_id = matches[0]["run_id"]
+    children = [run for run in runs if run.get("tags", {}).get(PARENT_TAG) == parent_id]
+    if not children:
+        raise ValueError(f"ablation {ablation!r} (run {parent_id}) has no child runs yet")
+    return children
+
+
+def seed_groups(runs: Sequence[dict], ignored: Iterable[str] = NOT_GROUPING_PARAMS) -> list[dict]:
+    """Runs that share every param except ``ignored`` ones (the seed among them): one recipe, several seeds.
+
+    Args:
+        runs: as from :func:`collect_runs` (``params``, ``metrics``, ``tags``,
+            ``run_id``, ``run_name``); runs without AUC metrics are left out.
+        ignored: param names that do not tell recipes apart.
+
+    Returns:
+        One dict per recipe in the order of first appearance: ``{"name",
+        "run_ids", "seeds", "n", "statistics": {metric name:
+        :func:`eval.results.seed_statistics` of its values}}``. The name is
+        the runs' ``brainmri.variant`` tag when they share one, else the
+        first run's name without its ``seed=N`` part; a name already taken
+        gets `` (2)``, `` (3)``...
+    """
+    ignored = set(ignored)
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        if not run["metrics"]:
+            continue
+        key = tuple(sorted((name, value) for name, value in run.get("params", {}).items() if name not in ignored))
+        groups.setdefault(key, []).append(run)
+    out, taken = [], set()
+    for members in groups.values():
+        variants = {run.get("tags", {}).get(VARIANT_TAG) for run in members}
+        name = variants.pop() if len(variants) == 1 and None not in variants else \
+            re.sub(r"[\s,;:_-]*\bseed\s*=?\s*\d+\b", "", members[0]["run_name"]).strip() or members[0]["run_name"]
+        base, number = name, 1
+        while name in taken:
+            number += 1
+            name = f"{base} ({number})"
+        taken.add(name)
+        metric_names = list(dict.fromkeys(metric for run in members for metric in run["metrics"]))
+        out.append({
+            "name": name,
+            "run_ids": [run["run_id"] for run in members],
+            "seeds": [run.get("params", {}).get("seed", run.get("tags", {}).get(SEED_TAG, "–")) for run in members],
+            "n": len(members),
+            "statistics": {metric: seed_statistics([run["metrics"].get(metric, math.nan) for run in members])
+                           for metric in metric_names},
+        })
+    return out
+
+
+def _group_cell(statistics: dict | None) -> str:
+    """``"0.870 ± 0.053 (n=2)"``, ``"0.870 (n=1)"``, ``–`` when no seed logged it."""
+    if statistics is None or statistics["n"] == 0:
+        return "–"
+    if statistics["n"] == 1:
+        return f"{statistics['mean']:.3f} (n=1)"
+    return f"{statistics['mean']:.3f} ± {statistics['sd']:.3f} (n={statistics['n']})"
+
+
+def format_seed_table(groups: Sequence[dict], value: str = "auc") -> str:
+    """Markdown table, recipes x sites, cells ``mean ± sd (n=N)`` of the AUC over seeds.
+
+    Args:
+        groups: from :func:`seed_groups`.
+        value: ``"auc"``, ``"unique_auc"`` or ``"disjoint_auc"``.
+    """
+    values = [name for name, _ in SUBSET_VALUES]
+    if value not in values:
+        raise ValueError(f"value must be one of {', '.join(values)}, got {value!r}")
+    columns = sorted({(parsed[0], parsed[1]) for group in groups for metric in group["statistics"]
+                      if (parsed := parse_metric_name(metric)) is not None and parsed[2] == value},
+                     key=lambda pair: (pair[0] != "val", pair[1]))
+    header = ["recipe", "seeds"] + [f"{role} {site}" for role, site in columns]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
+    for group in groups:
+        cells = [group["name"], ", ".join(str(seed) for seed in group["seeds"])]
+        cells += [_group_cell(group["statistics"].get(f"{role}_{site}_{value}")) for role, site in columns]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+def seed_rows(groups: Sequence[dict]) -> list[dict]:
+    """Rows for ``compare_seeds.csv``: one per recipe, role, site and subset AUC.
+
+    Keys ``recipe``, ``n``, ``seeds``, ``role``, ``site``, ``value``, ``mean``,
+    ``sd`` and ``values`` (``;``-joined), validation sites first.
+    """
+    rows = []
+    for group in groups:
+        for metric, statistics in group["statistics"].items():
+            parsed = parse_metric_name(metric)
+            if parsed is None or parsed[2] not in {name for name, _ in SUBSET_VALUES}:
+                continue
+            role, site, value = parsed
+            rows.append({"recipe": group["name"], "n": statistics["n"],
+                         "seeds": ";".join(str(seed) for seed in group["seeds"]),
+                         "role": role, "site": site, "value": value, "mean": statistics["mean"],
+                         "sd": statistics["sd"], "values": ";".join(f"{number:.6g}" for number in statistics["values"])})
+    rows.sort(key=lambda row: (row["role"] != "val", row["site"]))
+    return rows
 
 
 def comparison_table(runs: list[dict]) -> list[dict]:
@@ -155,10 +324,16 @@ def format_markdown_table(rows: list[dict], value: str = "auc") -> str:
     return "\n".join(lines)
 
 
-def write_comparison(rows: list[dict], output_dir) -> list[str]:
+SEED_COLUMNS = ("recipe", "n", "seeds", "role", "site", "value", "mean", "sd", "values")
+
+
+def write_comparison(rows: list[dict], output_dir, groups: Sequence[dict] | None = None) -> list[str]:
     """Write ``compare.md``, ``compare.csv`` and ``compare.png`` into ``output_dir``.
 
-    ``compare_leak_free.png`` is added when any run logged leak-free AUCs.
+    ``compare_leak_free.png`` and ``compare_source_disjoint.png`` are added
+    when any run logged those AUCs. With ``groups`` (:func:`seed_groups`),
+    ``compare.md`` gets the mean ± sd over seeds per recipe, and
+    ``compare_seeds.csv`` is written.
 
     Returns:
         The paths written.
@@ -170,6 +345,10 @@ def write_comparison(rows: list[dict], output_dir) -> list[str]:
         handle.write("# AUC by run and site, 95% CI\n")
         for value, title in SUBSET_VALUES:
             handle.write(f"\n## {title}\n\n" + format_markdown_table(rows, value) + "\n")
+        if groups:
+            handle.write("\n# AUC over seeds: runs that share every setting but the seed, mean ± sd (n)\n")
+            for value, title in SUBSET_VALUES:
+                handle.write(f"\n## {title}\n\n" + format_seed_table(groups, value) + "\n")
     csv_path = os.path.join(output_dir, "compare.csv")
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
@@ -185,5 +364,14 @@ def write_comparison(rows: list[dict], output_dir) -> list[str]:
                                ("disjoint_auc", "compare_source_disjoint.png", "AUC, source-disjoint images")):
         if any(not math.isnan(row[value]) for row in rows):
             paths.append(plot_auc_bars(rows, os.path.join(output_dir, name), title=title, value=value))
+    if groups:
+        group_rows = seed_rows(groups)
+        seeds_path = os.path.join(output_dir, "compare_seeds.csv")
+        with open(seeds_path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=SEED_COLUMNS)
+            writer.writeheader()
+            for row in group_rows:
+                writer.writerow({key: "" if isinstance(row[key], float) and math.isnan(row[key]) else row[key]
+                                 for key in SEED_COLUMNS})
+        paths.append(seeds_path)
     return paths
-

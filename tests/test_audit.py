@@ -13,7 +13,9 @@ from datasets.audit import (
     LEAKAGE_POLICIES,
     AuditSite,
     apply_leakage_policy,
+    audit_pairs_caption,
     audit_pairs_montage,
+    caption_band,
     format_audit_table,
     leaked_keys,
     run_audit,
@@ -434,8 +436,23 @@ def test_format_audit_table(tiny_result):
     rows = [line.split() for line in lines]
     assert ["tr", "8", "0", "3", "6", "5"] in rows and ["va", "2", "1", "0", "0", "2"] in rows
     te_row = [line for line in lines if line.startswith("te ")][-1]
-    assert te_row.split() == ["te", "2", "(1)", "1", "-"]
+    assert te_row.split() == ["te", "2", "(1)", "1", "(0)", "-"]  # every cell gives its label disagreements
+    tr_row = [line for line in lines if line.startswith("tr ")][-1]
+    assert tr_row.split() == ["tr", "-", "1", "(0)", "3", "(2)"]
     assert "cross-site pairs: 5" in text
+
+
+def test_montage_caption_says_what_the_pairs_are(tiny_result):
+    shapes = {"tr": (90, 60), "va": (50, 50), "te": (40, 70)}
+    loader = lambda key: np.full(shapes[key.split("/")[0]], 128, np.uint8)  # noqa: E731
+    caption = " ".join(audit_pairs_caption(tiny_result, shown=5))
+    assert "5 of 5" in caption and "d <= 2 bits" in caption and "Hamming distance" in caption
+    assert "decreasing d" in caption and "labels differ first" in caption
+    montage = audit_pairs_montage(tiny_result, loader, tile=64)
+    band = caption_band(audit_pairs_caption(tiny_result, shown=5), montage.shape[1])
+    np.testing.assert_array_equal(montage[:band.shape[0]], band)  # the caption sits on top
+    assert (band > 128).any() and band.shape[0] >= 3 * 18  # written, wrapped on several lines
+    assert montage.shape[0] == band.shape[0] + 2 * (64 + 2 * (int(14 * 64 / 160) + 4) + 6) + 3 * 6
 
 
 # ---------------------------------------------------------------- real data

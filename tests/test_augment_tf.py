@@ -377,20 +377,27 @@ def test_augment_batch_rejects_bad_input(call, message):
 
 
 def test_preview_montage_layout_and_determinism():
+    from augment.preview import caption_height
+
     images = random_batch(25, (4, 32, 32, 1))[..., 0]
     pool = random_batch(26, (3, 32, 32, 1), 0, 60)[..., 0]
     montage = augment_preview_montage(images, pool, AugmentConfig(), seed=3, variants=2)
     rows = 1 + 2 + 4  # originals, variants, source | reference | matched rows
-    assert montage.dtype == np.uint8
-    assert montage.shape == (rows * (16 + 32 + 2) - 2, 4 * (32 + 2) - 2, 3)
+    width = 4 * (128 + 2) - 2  # 32 px crops are shown at 128 px
+    assert montage.dtype == np.uint8 and montage.shape[1:] == (width, 3)
+    assert montage.shape[0] >= rows * (18 + 6 + 20 + 128 + 2) - 2  # each row: caption band, label bar, tile
     np.testing.assert_array_equal(montage, augment_preview_montage(images, pool, AugmentConfig(), seed=3, variants=2))
-    # The first tile below its label bar is the first original, unchanged.
-    np.testing.assert_array_equal(montage[16:48, :32, 0], images[0])
+    # The first tile below its caption and label bar is the first original, each pixel a 4 x 4 block.
+    top = caption_height("Originals: 4 images (32 px crops, shown enlarged to 128 px)", width) + 20
+    np.testing.assert_array_equal(montage[top:top + 128, :128, 0], np.repeat(np.repeat(images[0], 4, 0), 4, 1))
+    assert (montage[:top - 20, :width // 2] > 200).any()  # the caption is written
 
 
 def test_preview_without_pool_and_bad_input():
     images = random_batch(27, (2, 20, 20, 1))[..., 0]
     montage = augment_preview_montage(images, None, AugmentConfig(), seed=0, variants=1)
-    assert montage.shape == (2 * (16 + 20 + 2) - 2, 2 * (20 + 2) - 2, 3)
+    assert montage.shape[1:] == (2 * (128 + 2) - 2, 3) and montage.shape[0] >= 2 * (18 + 6 + 20 + 128 + 2) - 2
+    large = random_batch(28, (1, 160, 160, 1))[..., 0]
+    assert augment_preview_montage(large, None, AugmentConfig(), seed=0, variants=0).shape[1] == 160  # not shrunk
     with pytest.raises(ValueError, match="images"):
         augment_preview_montage(images.astype(np.float32), None, AugmentConfig(), seed=0)

@@ -108,3 +108,117 @@ def test_the_fingerprint_and_the_default_output():
     for change in ({"seed": 1}, {"epochs": 3}, {"augment.zoom": 0.1}, {"leakage": "report-only"},
                    {"experiment": "other"}, {"test_sites": ["mos=data/mos"]}):
         assert base.replace(**change).default_output() != base.default_output(), change
+
+
+@pytest.mark.parametrize("uri", [
+    "", "sqlite:///mlflow.db", "sqlite:////tmp/somewhere/mlflow.db", "sqlite+pysqlite:///x.db", "./mlruns",
+    "mlruns", "file:./mlruns", "file:///tmp/mlruns", "http://127.0.0.1:5000", "https://mlflow.example.org/path",
+    "databricks", "databricks://profile", "databricks-uc", "postgresql://user@host/db",
+    "postgresql+psycopg2://user@host:5432/db", "mysql://user@host/db", "mssql://user@host/db",
+])
+def test_tracking_uris_mlflow_opens_are_accepted(uri, tmp_path, monkeypatch):
+    from training.config import check_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert check_tracking_uri(uri) == uri
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("bogus://x", "unknown scheme 'bogus'; MLflow stores are a folder path, file:, sqlite:"),
+    ("s3://bucket/mlruns", "unknown scheme 's3'"),
+    ("sqlite://x.db", "is not a SQLite store URI"),
+    ("sqlite:///", "is not a SQLite store URI"),
+    ("sqlite:///:memory:", "is not a SQLite store URI"),
+    ("sqlite:///folder", "'folder' is a folder, not a database file"),
+    ("sqlite:///afile.txt/x.db", "'afile.txt' is a file, not a folder"),
+    ("afile.txt", "'afile.txt' is a file, not a folder (an MLflow file store is a folder"),
+    ("file:afile.txt", "is a file, not a folder"),
+    ("http://", "needs a host"),
+    ("http://host:99999", "needs a host and an optional port"),
+    ("postgresql:db", "needs a server"),
+])
+def test_bad_tracking_uris_name_the_uri_and_what_is_allowed(uri, message, tmp_path, monkeypatch):
+    from training.config import check_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile.txt").write_text("x")
+    with pytest.raises(ValueError) as caught:
+        check_tracking_uri(uri)
+    assert message in str(caught.value) and repr(uri) in str(caught.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["afile.txt", "folder"]
+
+
+def test_tracking_uri_schemes_are_those_mlflow_registers():
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    from training.config import BACKEND_STORE_SCHEMES, TRACKING_URI_SCHEMES
+
+    assert set(TRACKING_URI_SCHEMES) == set(_tracking_store_registry._registry)
+    assert set(BACKEND_STORE_SCHEMES) < set(TRACKING_URI_SCHEMES)
+
+
+def write_hdf5(path: Path, user_block: int = 0) -> None:
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "w", userblock_size=user_block) as handle:
+        handle.create_dataset("kernel", data=np.zeros((2, 2), np.float32))
+
+
+def test_weight_files_keras_loads_are_accepted(tmp_path):
+    import zipfile
+
+    from training.config import check_keras_file
+
+    write_hdf5(tmp_path / "backbone.weights.h5")
+    write_hdf5(tmp_path / "legacy.hdf5", user_block=1024)  # the HDF5 signature after a user block
+    with zipfile.ZipFile(tmp_path / "model.keras", "w") as archive:
+        archive.writestr("config.json", "{}")
+        archive.write(tmp_path / "backbone.weights.h5", "model.weights.h5")
+    for name in ("backbone.weights.h5", "legacy.hdf5", "model.keras"):
+        check_keras_file(str(tmp_path / name), "weights", "model.weights.h5")
+    check_keras_file(str(tmp_path / "model.keras"), "model", "config.json")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("text.h5", b"weights", "is not an HDF5 file (no HDF5 signature)"),
+    ("empty.weights.h5", b"", "is not an HDF5 file"),
+    ("weights.npy", b"\x89HDF\r\n\x1a\n", "unsupported file type '.npy'"),
+    ("weights", b"\x89HDF\r\n\x1a\n", "unsupported file type '(none)'"),
+    ("text.keras", b"PK? no", "is not a .keras file (not a zip archive)"),
+])
+def test_bad_weight_files_are_named_with_the_reason(name, content, message, tmp_path):
+    from training.config import check_keras_file
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError) as caught:
+        check_keras_file(str(tmp_path / name), "weights", "model.weights.h5")
+    assert message in str(caught.value) and name in str(caught.value)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"freeze_until": "conv6_block1_out"}, "freeze_until 'conv6_block1_out' is not a layer of ResNet50"),
+    ({"gpus": -3}, "gpus must be -1"),
+    ({"audit_threshold_bits": 129}, "audit_threshold_bits must be -1"),
+    ({"experiment": " "}, "experiment must be a non-empty"),
+    ({"tracking_uri": "bogus://x"}, "tracking_uri 'bogus://x': unknown scheme"),
+    ({"val_site": "a=y"}, "given more than once: a (--train-site a=x, --val-site a=y)"),
+])
+def test_settings_checked_before_any_work(changes, message):
+    config = TrainConfig.from_settings({"train_site": "a=x", "val_site": "b=y", **changes})
+    with pytest.raises(ValueError) as caught:
+        config.validate(check_folders=False)
+    assert message in str(caught.value)
+
+
+@pytest.mark.slow
+def test_the_resnet50_layer_names_are_those_of_keras():
+    import keras
+
+    from training.config import RESNET50_FREEZE_UNTIL, RESNET50_LAYERS
+
+    backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    assert RESNET50_LAYERS == {layer.name for layer in backbone.layers}
+    assert RESNET50_FREEZE_UNTIL in RESNET50_LAYERS and len(RESNET50_LAYERS) == 175

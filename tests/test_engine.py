@@ -19,6 +19,7 @@ def tiny_config(synthetic_sites, folder, **changes) -> TrainConfig:
                 "val_site": f"synth_b={synthetic_sites['synth_b']}",
                 "test_sites": [f"synth_c={synthetic_sites['synth_c']}"],
                 "image_size": 32, "batch_size": 16, "epochs": 2, "weights": "none", "dense_units": 16,
+                "backbone": "small_cnn", "min_class_images": 10,
                 "bootstrap_resamples": 100, "log_model": False, "gradcam_examples": 1,
                 "output": str(folder / "run"), "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
                 "experiment": "engine", **changes}
@@ -61,9 +62,11 @@ def test_injected_nan_loss_fails_the_run_with_its_reason(tmp_path, synthetic_sit
 @pytest.mark.slow
 def test_finish_is_idempotent_and_a_finished_run_is_left_alone(tmp_path, synthetic_sites, monkeypatch, capsys):
     config = tiny_config(synthetic_sites, tmp_path, log_model=True)
-    # Killed while the model is logged, after the evaluation metrics: the run stays RUNNING.
+    # Killed while the results are written, after the model and the evaluation metrics: the run stays RUNNING.
+    log_artifact = Tracker.log_artifact
     with monkeypatch.context() as patch:
-        patch.setattr(Tracker, "log_model", lambda self, model, images: (_ for _ in ()).throw(SimulatedKill()))
+        patch.setattr(Tracker, "log_artifact", lambda self, path, artifact_path=None: (_ for _ in ()).throw(
+            SimulatedKill()) if str(path).endswith("summary.json") else log_artifact(self, path, artifact_path))
         patch.setattr(Tracker, "end", lambda self, status: None)
         patch.setattr(Tracker, "set_tags", lambda self, tags: None)
         with pytest.raises(SimulatedKill):
@@ -182,3 +185,85 @@ def test_predict_step_averages_a_seed_ensemble():
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
     single = predict_site(cluster, make_predict_step(cluster, scaled_mean(1.0)), images, 4)
     np.testing.assert_allclose(single, expected / 0.6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- classes after the leakage policy
+
+ALTERNATIVES = {"dedupe-train": (40, 45), "purge-eval": (50, 50), "report-only": (50, 50)}
+
+
+@pytest.mark.parametrize("after, minimum, message", [
+    ((7, 345), 50, r"keeps 7 no-tumour images after the leakage policy purge-train \(before: 50 no tumour, 50 "
+                   r"tumour; after: 7 no tumour, 345 tumour\), fewer than min_class_images=50"),
+    ((0, 30), 0, "keeps 0 no-tumour images"),  # an empty class stops the run even with no minimum
+    ((45, 9), 10, "keeps 9 tumour images"),
+])
+def test_a_class_below_the_minimum_stops_the_run_naming_the_policies_that_keep_more(after, minimum, message):
+    with pytest.raises(ValueError, match=message) as error:
+        loop.check_training_classes("br35h", "purge-train", (50, 50), after, minimum, ALTERNATIVES)
+    text = str(error.value)
+    assert "dedupe-train (40 no tumour, 45 tumour); purge-eval (50 no tumour, 50 tumour); report-only" in text
+    assert "--leakage" in text and "--set min_class_images=N" in text
+
+
+@pytest.mark.parametrize("after, minimum, warnings", [
+    ((50, 50), 50, 0),
+    ((20, 100), 10, 0),  # exactly 20 %: no warning
+    ((19, 100), 10, 1),
+    ((100, 3), 0, 1),
+])
+def test_lopsided_classes_get_one_warning_line(after, minimum, warnings):
+    lines = loop.check_training_classes("br35h", "purge-train", (100, 100), after, minimum, ALTERNATIVES)
+    assert len(lines) == warnings
+    if warnings:
+        assert lines[0].startswith("warning: the training set after the leakage policy purge-train is lopsided")
+        assert f"{after[0]} no tumour, {after[1]} tumour" in lines[0] and "class_weighting=balanced" in lines[0]
+
+
+def test_no_policy_keeps_more_says_so():
+    with pytest.raises(ValueError, match="No leakage policy keeps more"):
+        loop.check_training_classes("tiny", "report-only", (8, 30), (8, 30), 10,
+                                    {"purge-train": (8, 20), "dedupe-train": (8, 30), "purge-eval": (8, 30)})
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ([0.3, 0.3, 0.3], "all 3 validation scores are equal (0.3"),
+    ([1.0, 1.0], "all 2 validation scores are equal (1:"),
+    ([0.2, 0.7], None),
+    ([], None),
+])
+def test_constant_validation_scores_are_explained(scores, expected):
+    note = loop.constant_scores_note(np.array(scores, np.float32))
+    assert note == expected if expected is None else expected in note
+
+
+def test_min_class_images_is_a_validated_setting_that_keeps_the_run_folder():
+    assert TrainConfig().data.min_class_images == 50
+    with pytest.raises(ValueError, match="min_class_images must be at least 0"):
+        TrainConfig.from_settings({"train_site": "a=.", "val_site": "b=.", "min_class_images": -1}).validate(
+            check_folders=False)
+    base = TrainConfig.from_settings({"train_site": "a=x", "val_site": "b=y"})
+    assert base.replace(min_class_images=5).default_output() == base.default_output()
+
+
+@pytest.mark.slow
+def test_a_test_site_holding_the_training_sites_no_tumour_images_stops_purge_train(tmp_path, synthetic_sites):
+    import shutil
+
+    copies = tmp_path / "copies"  # a test site whose no-tumour class came from the training site
+    shutil.copytree(synthetic_sites["synth_a"] / "no", copies / "no")
+    shutil.copytree(synthetic_sites["synth_c"] / "yes", copies / "yes")
+    config = tiny_config(synthetic_sites, tmp_path, test_sites=[f"copies={copies}"], epochs=1, gradcam_examples=0)
+    with pytest.raises(ValueError) as error:
+        loop.run_training(config)
+    text = str(error.value)
+    assert "training site synth_a keeps 0 no-tumour images after the leakage policy purge-train" in text
+    assert "(before: 24 no tumour, 24 tumour; after: 0 no tumour, " in text
+    for policy in ("dedupe-train", "purge-eval", "report-only"):
+        assert f"{policy} (2" in text  # each keeps (about) all 24 no-tumour images
+    assert not (tmp_path / "run" / "backup" / "state.json").exists() and not (tmp_path / "run" / "audit.json").exists()
+    assert runs_of(config)[1] == []
+    fixed = config.replace(leakage="purge-eval")  # the corrected command, same folder
+    assert loop.run_training(fixed) == 0
+    _, (run,) = runs_of(fixed)
+    assert run.info.status == "FINISHED" and run.data.params["leakage"] == "purge-eval"

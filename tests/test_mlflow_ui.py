@@ -1,13 +1,17 @@
 """The MLflow server and what a person sees in its UI.
 
 Fast tests cover ``eval.mlflow_server`` (command line, loopback-only rule,
-start/stop errors). The ``browser`` tests start a real server on a free
-loopback port, train twice through the real CLI over HTTP, check the runs
-through the REST API, then open the run page and the compare page in headless
-Chromium, check the per-site AUC values shown and save screenshots to
-``benchmarks/results/mlflow_ui/``. They need Debian's ``chromium`` and
-``chromium-driver`` and the ``selenium`` package (``.ci/install_browser.sh``)
-and are skipped without them.
+start/stop errors; signals and ``--auth`` are in test_mlflow_server.py). The
+``browser`` tests start a real server on a free loopback port, run an
+ablation of two seeds through the real CLI over HTTP (one parent run, two
+child runs that train and log their model), check the runs and the logged
+models through the REST API and the MLflow client, then open in headless
+Chromium what a person looks at: the runs table with the ablation's parent
+and its children, a child's page, its logged model with the per-site AUCs,
+and the compare page of the two seeds. They check the values shown and save
+screenshots to ``benchmarks/results/mlflow_ui/``. They need Debian's
+``chromium`` and ``chromium-driver`` and the ``selenium`` package
+(``.ci/install_browser.sh``) and are skipped without them.
 """
 from __future__ import annotations
 
@@ -15,11 +19,9 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -27,15 +29,16 @@ from pathlib import Path
 
 import pytest
 
-from eval.mlflow_server import (build_server_command, find_free_port, is_loopback_host, serve_until_stopped,
-                                server_url, start_server, stop_server)
+from eval.mlflow_server import (build_server_command, find_free_port, is_loopback_host, server_url, start_server,
+                                stop_server)
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "benchmarks" / "results" / "mlflow_ui"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 EXPERIMENT = "ui-test"
-TRAIN_FLAGS = ["--image-size", "32", "--batch-size", "16", "--weights", "none", "--set", "bootstrap_resamples=200"]
+TRAIN_FLAGS = ["--image-size", "32", "--batch-size", "16", "--weights", "none", "--set", "bootstrap_resamples=200",
+               "--set", "min_class_images=10"]  # 24 images per class
 AUC_METRICS = ("val_synth_b_auc", "test_synth_c_auc", "test_synth_c_auc_ci_low", "test_synth_c_unique_auc")
 
 
@@ -154,31 +157,6 @@ def test_stop_server_twice_is_harmless(tmp_path):
     assert stop_server(process) == process.returncode
 
 
-def test_serve_until_stopped_returns_false_when_the_server_exits_by_itself():
-    process = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(5)"], start_new_session=True)
-    assert serve_until_stopped(process, poll_seconds=0.05) is False
-    assert process.returncode == 5
-
-
-def test_serve_until_stopped_stops_the_server_on_sigterm():
-    received = []
-
-    def record(number, frame):  # catches a SIGTERM that arrives outside serve_until_stopped
-        received.append(number)
-
-    previous = signal.signal(signal.SIGTERM, record)
-    try:
-        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        started = time.monotonic()
-        assert serve_until_stopped(process, poll_seconds=0.05) is True
-        assert time.monotonic() - started < 10
-        assert process.returncode == -signal.SIGTERM
-        assert received == [] and signal.getsignal(signal.SIGTERM) is record  # handled inside, then restored
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def test_ui_command_refuses_remote_host_without_allow_remote():
     from click.testing import CliRunner
 
@@ -264,27 +242,32 @@ def rest_post(url: str, endpoint: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-def start_training(work: Path, name: str, url: str, extra: list[str]) -> subprocess.Popen:
-    """``train_distributed.py train`` on work/SITES, logging to ``url``; output in work/name."""
-    command = [sys.executable, str(REPO / "train_distributed.py"), "train",
+ABLATION = "abl"
+SEED_RUNS = {"run1": "01-base-seed0", "run2": "02-base-seed1"}  # the ablation's children, seeds 0 and 1
+
+
+def run_ablation_over_http(work: Path, url: str) -> subprocess.CompletedProcess:
+    """``train_distributed.py ablate --seeds 0,1`` on work/SITES, logging to ``url``; folder work/abl."""
+    command = [sys.executable, str(REPO / "train_distributed.py"), "ablate", "--output", ABLATION, "--seeds", "0,1",
+               "--title", "Seeds 0 and 1 of the 32 px recipe", "--",
                "--train-site", "synth_a=SITES/synth_a", "--val-site", "synth_b=SITES/synth_b",
-               "--test-site", "synth_c=SITES/synth_c", *TRAIN_FLAGS, *extra,
-               "--output", name, "--tracking-uri", url, "--experiment", EXPERIMENT]
-    environment = {**os.environ, "BRAINMRI_CACHE": str(work / f"cache_{name}"), "TF_CPP_MIN_LOG_LEVEL": "2",
+               "--test-site", "synth_c=SITES/synth_c", *TRAIN_FLAGS, "--epochs", "2", "--set", "gradcam_examples=1",
+               "--tracking-uri", url, "--experiment", EXPERIMENT]
+    environment = {**os.environ, "BRAINMRI_CACHE": str(work / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2",
                    "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     environment.pop("MLFLOW_TRACKING_URI", None)
-    with open(work / f"{name}.log", "wb") as log:
-        return subprocess.Popen(command, cwd=work, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    with open(work / "ablate.log", "wb") as log:
+        return subprocess.run(command, cwd=work, env=environment, stdout=log, stderr=subprocess.STDOUT, timeout=900)
 
 
 @pytest.fixture(scope="module")
 def served_runs(tmp_path_factory):
-    """A server on a free loopback port and two finished runs logged to it over HTTP.
+    """A server on a free loopback port and a finished ablation logged to it over HTTP.
 
-    Run 1: 2 epochs, seed 0, with the model and Grad-CAM. Run 2: 1 epoch,
-    seed 1, no model. Both train at the same time to save wall time; the
-    experiment is made first so that they do not race to create it. Sites
-    are given relative to the working folder, as a person would type them.
+    The ablation runs ``train`` for seeds 0 and 1 (2 epochs, the model and a
+    Grad-CAM example): a parent run ``abl`` and two children. The experiment
+    is made first through the REST API. Sites are given relative to the
+    working folder, as a person would type them.
     """
     from datasets.synthetic import write_demo_sites
 
@@ -292,32 +275,21 @@ def served_runs(tmp_path_factory):
     write_demo_sites(work / "SITES", images_per_class=24, size=64, seed=0)
     server = start_server(port=0, backend_store_uri=f"sqlite:///{work / 'mlflow.db'}",
                           artifacts_destination=str(work / "mlartifacts"), log_path=work / "server.log")
-    trainings = {}
+    patch = pytest.MonkeyPatch()
     try:
+        patch.setenv("NO_PROXY", "127.0.0.1,localhost")  # the MLflow client of the tests goes straight to it
+        patch.setenv("no_proxy", "127.0.0.1,localhost")
         experiment = rest_post(server.url, "/api/2.0/mlflow/experiments/create", {"name": EXPERIMENT})
-        trainings = {
-            "run1": start_training(work, "run1", server.url,
-                                   ["--epochs", "2", "--seed", "0", "--set", "gradcam_examples=1"]),
-            "run2": start_training(work, "run2", server.url,
-                                   ["--epochs", "1", "--seed", "1", "--set", "gradcam_examples=0",
-                                    "--set", "log_model=false"]),
-        }
-        summaries = {}
-        for name, process in trainings.items():
-            try:
-                code = process.wait(timeout=420)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                code = "timeout"
-            log_text = (work / f"{name}.log").read_text(errors="replace")
-            assert code == 0, f"training {name} failed ({code}):\n{log_text[-3000:]}"
-            summaries[name] = json.loads((work / name / "summary.json").read_text())
-        yield {"url": server.url, "experiment_id": experiment["experiment_id"], "summaries": summaries, "work": work}
+        result = run_ablation_over_http(work, server.url)
+        log_text = (work / "ablate.log").read_text(errors="replace")
+        assert result.returncode == 0, f"ablate failed ({result.returncode}):\n{log_text[-3000:]}"
+        summaries = {name: json.loads((work / ABLATION / folder / "summary.json").read_text())
+                     for name, folder in SEED_RUNS.items()}
+        parent_id = json.loads((work / ABLATION / "ablation.json").read_text())["parent_run_id"]
+        yield {"url": server.url, "experiment_id": experiment["experiment_id"], "summaries": summaries,
+               "parent_id": parent_id, "work": work}
     finally:
-        for process in trainings.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        patch.undo()
         stop_server(server)
 
 
@@ -363,6 +335,17 @@ def run_of(served_runs: dict, name: str) -> dict:
     return rest_get(served_runs["url"], "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]
 
 
+def logged_model_of(served_runs: dict, name: str):
+    """The LoggedModel of a child run, through the MLflow client (``search_logged_models``)."""
+    from mlflow.tracking import MlflowClient
+
+    run_id = served_runs["summaries"][name]["mlflow_run_id"]
+    models = MlflowClient(served_runs["url"]).search_logged_models(
+        [served_runs["experiment_id"]], filter_string=f"source_run_id = '{run_id}'")
+    assert len(models) == 1, f"run {run_id} has {len(models)} logged models"
+    return models[0]
+
+
 @needs_browser
 def test_runs_logged_over_http_have_params_metrics_inputs_and_artifacts(served_runs):
     url = served_runs["url"]
@@ -375,6 +358,7 @@ def test_runs_logged_over_http_have_params_metrics_inputs_and_artifacts(served_r
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["image_size"] == "32" and params["leakage"] == "purge-train" and params["epochs"] == "2"
     assert params["tracking_uri"] == url and params["train_site"] == "synth_a=SITES/synth_a"
+    assert params["seed"] == "0" and params["parent_run_id"] == served_runs["parent_id"]
     assert {"augment.rotation_degrees", "augment.zoom", "augment.histogram_match_probability"} <= set(params)
 
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
@@ -393,9 +377,8 @@ def test_runs_logged_over_http_have_params_metrics_inputs_and_artifacts(served_r
         answer = rest_get(url, "/api/2.0/mlflow/artifacts/list", run_id=run["info"]["run_id"], path=path)
         return {item["path"] for item in answer.get("files", [])}
 
-    assert {"report", "model"} <= listed("")
+    assert "report" in listed("")
     assert "report/report.html" in listed("report")
-    assert "model/MLmodel" in listed("model")
     with LOCAL.open(f"{url}/get-artifact?path=report/report.html&run_uuid={run['info']['run_id']}",
                     timeout=30) as response:
         report = response.read().decode()
@@ -403,8 +386,91 @@ def test_runs_logged_over_http_have_params_metrics_inputs_and_artifacts(served_r
 
     second = run_of(served_runs, "run2")
     second_params = {p["key"]: p["value"] for p in second["data"]["params"]}
-    assert second_params["epochs"] == "1" and second_params["seed"] == "1"
+    assert second_params["epochs"] == "2" and second_params["seed"] == "1"
     assert "test_synth_c_auc" in {m["key"] for m in second["data"]["metrics"]}
+
+
+@needs_browser
+def test_the_ablation_is_one_parent_run_with_a_child_per_seed(served_runs):
+    url, parent_id = served_runs["url"], served_runs["parent_id"]
+    parent = rest_get(url, "/api/2.0/mlflow/runs/get", run_id=parent_id)["run"]
+    tags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
+    assert parent["info"]["run_name"] == ABLATION and parent["info"]["status"] == "FINISHED"
+    assert tags["brainmri.ablation"] == ABLATION and "mlflow.parentRunId" not in tags
+    assert tags["mlflow.note.content"] == "Seeds 0 and 1 of the 32 px recipe"
+    for seed, name in enumerate(SEED_RUNS):
+        child = {t["key"]: t["value"] for t in run_of(served_runs, name)["data"]["tags"]}
+        assert (child["mlflow.parentRunId"], child["brainmri.ablation"], child["brainmri.variant"],
+                child["brainmri.seed"]) == (parent_id, ABLATION, "base", str(seed))
+    children = rest_post(url, "/api/2.0/mlflow/runs/search", {
+        "experiment_ids": [served_runs["experiment_id"]], "filter": f"tags.`mlflow.parentRunId` = '{parent_id}'"})
+    assert len(children["runs"]) == 2
+    aucs = [served_runs["summaries"][name]["sites"]["synth_c"]["auc"] for name in SEED_RUNS]
+    metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    assert metrics["base/test_synth_c_auc_mean"] == pytest.approx(sum(aucs) / 2, abs=1e-12)
+    assert metrics["base/test_synth_c_auc_sd"] == pytest.approx(abs(aucs[0] - aucs[1]) / math.sqrt(2), abs=1e-12)
+    assert metrics["base/seeds"] == 2
+    listed = rest_get(url, "/api/2.0/mlflow/artifacts/list", run_id=parent_id)
+    assert {"RESULTS.md", "results.json"} <= {item["path"] for item in listed["files"]}
+
+
+@needs_browser
+def test_each_child_logged_its_model_with_per_site_aucs(served_runs):
+    for name in SEED_RUNS:
+        model = logged_model_of(served_runs, name)
+        summary = served_runs["summaries"][name]
+        assert model.name == "model" and str(model.status) == "READY"
+        assert model.model_id == summary["mlflow_model_id"]
+        by_key = {metric.key: metric for metric in model.metrics}
+        for key, site, value in (("val_synth_b_auc", "synth_b", summary["sites"]["synth_b"]["auc"]),
+                                 ("test_synth_c_auc", "synth_c", summary["sites"]["synth_c"]["auc"]),
+                                 ("test_synth_c_unique_auc", "synth_c", summary["sites"]["synth_c"]["unique"]["auc"])):
+            metric = by_key[key]
+            assert metric.value == pytest.approx(value, abs=1e-12)
+            assert (metric.dataset_name, metric.model_id, metric.run_id) == (site, model.model_id,
+                                                                             summary["mlflow_run_id"])
+
+
+@needs_browser
+def test_runs_page_shows_the_ablation_with_its_children(served_runs, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as expected
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    parent_id = served_runs["parent_id"]
+    child_ids = [served_runs["summaries"][name]["mlflow_run_id"] for name in SEED_RUNS]
+    browser.set_window_size(1600, 700)
+    browser.get(f"{served_runs['url']}/#/experiments/{served_runs['experiment_id']}/runs"
+                "?workflowType=machine_learning")
+    wait = WebDriverWait(browser, 90)
+    parent_link = f"//a[@href='#/experiments/{served_runs['experiment_id']}/runs/{parent_id}']"
+    wait.until(expected.presence_of_element_located((By.XPATH, parent_link)))
+    close_assistant_panel(browser)
+    # Children are folded under their parent until its + is pressed.
+    assert not browser.find_elements(By.XPATH, f"//div[@role='row'][@row-id='{child_ids[0]}']")
+    row = browser.find_element(By.XPATH, f"//div[@role='row'][@row-id='{parent_id}'][.{parent_link}]")
+    row.find_element(By.CSS_SELECTOR, "button[data-component-id$='runnamecellrenderer.tsx_46']").click()
+    for child_id in child_ids:
+        wait.until(expected.presence_of_element_located(
+            (By.XPATH, f"//div[@role='row'][@row-id='{child_id}']//a[contains(@href, '/runs/{child_id}')]")))
+    time.sleep(0.5)
+
+    def name_cell(run_id: str):
+        return browser.find_element(By.XPATH, f"//div[@role='row'][@row-id='{run_id}']"
+                                              f"//a[contains(@href, '/runs/{run_id}')]")
+
+    names = {run_id: name_cell(run_id) for run_id in (parent_id, *child_ids)}
+    assert names[parent_id].text == ABLATION
+    assert sorted(names[child_id].text for child_id in child_ids) == ["base seed=0", "base seed=1"]
+    tops = {run_id: cell.rect["y"] for run_id, cell in names.items()}
+    assert all(tops[child_id] > tops[parent_id] for child_id in child_ids), "children are not below the parent"
+    for child_id in child_ids:  # nested: indented under the parent, with the logged model in "Models"
+        assert names[child_id].rect["x"] > names[parent_id].rect["x"] + 10
+        cells = " ".join(cell.text for cell in browser.find_elements(
+            By.XPATH, f"//div[@role='row'][@row-id='{child_id}']/div[@role='gridcell']"))
+        assert "model" in cells.split(), cells
+    assert "3 matching runs" in browser.find_element(By.TAG_NAME, "body").text
+    save_screenshot(browser, served_runs, "runs.png")
 
 
 @needs_browser
@@ -423,16 +489,26 @@ def test_run_page_shows_per_site_auc(served_runs, browser):
     wait.until(expected.presence_of_element_located((By.XPATH, "//a[normalize-space(.)='test_synth_c_auc']")))
     close_assistant_panel(browser)
     assert run_name in browser.find_element(By.TAG_NAME, "body").text
+    # The details panel names the parent run and links the logged model.
+    model_id = served_runs["summaries"]["run1"]["mlflow_model_id"]
+    wait.until(expected.presence_of_element_located((By.XPATH, f"//a[contains(@href, '{model_id}')]")))
+    assert browser.find_elements(By.XPATH, f"//a[contains(@href, '/runs/{served_runs['parent_id']}')]")
 
     browser.find_element(By.CSS_SELECTOR, "input[placeholder='Search metrics']").send_keys("auc")
     wait.until(expected.invisibility_of_element_located((By.XPATH, "//a[normalize-space(.)='images_synth_a']")))
-    for name in AUC_METRICS:
+    for name in AUC_METRICS:  # each site's AUC, linked to the logged model it was measured on
         row = browser.find_element(By.XPATH, f"//div[@role='row'][.//a[normalize-space(.)='{name}']]")
         cells = [cell.text.strip() for cell in row.find_elements(By.XPATH, "./div[@role='cell']")]
-        assert cells == [name, js_number(metrics[name])], f"{name}: page shows {cells}"
+        assert cells == [name, js_number(metrics[name]), "model"], f"{name}: page shows {cells}"
     datasets_text = browser.find_element(By.XPATH, "//*[normalize-space(.)='Datasets']/..").text
     assert "synth_a" in datasets_text
 
+    # The picture: the metrics table scrolled to the validation site's AUC, the page to the table.
+    first = browser.find_element(By.XPATH, "//div[@role='row'][.//a[normalize-space(.)='val_synth_b_auc']]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'});"  # then clear of the sticky header
+                           "let box = arguments[0].parentElement;"
+                           "while (box && box.scrollHeight <= box.clientHeight) box = box.parentElement;"
+                           "if (box) box.scrollTop -= 2 * arguments[0].getBoundingClientRect().height;", first)
     heading = browser.find_element(By.XPATH, "//*[starts-with(normalize-space(.), 'Metrics (')]")
     browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", heading)
     time.sleep(0.5)  # let the scroll settle before the picture
@@ -440,7 +516,49 @@ def test_run_page_shows_per_site_auc(served_runs, browser):
 
 
 @needs_browser
-def test_compare_page_shows_auc_of_both_runs(served_runs, browser):
+def test_logged_model_page_shows_per_site_auc(served_runs, browser):
+    """From the experiment's "Models" list to the model of seed 0: each site's AUC with its dataset."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as expected
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    model = logged_model_of(served_runs, "run1")
+    run_name = run_of(served_runs, "run1")["info"]["run_name"]
+    values = {metric.key: metric for metric in model.metrics}
+    browser.set_window_size(1600, 900)
+    browser.get(f"{served_runs['url']}/#/experiments/{served_runs['experiment_id']}/models"
+                "?workflowType=machine_learning")
+    wait = WebDriverWait(browser, 90)
+    row = f"//div[@role='row'][@row-id='{model.model_id}']"
+    wait.until(expected.presence_of_element_located((By.XPATH, f"{row}//a[normalize-space(.)='{run_name}']")))
+    close_assistant_panel(browser)
+    assert len({element.get_attribute("row-id") for element in browser.find_elements(
+        By.XPATH, "//div[@role='row'][starts-with(@row-id, 'm-')]")}) == 2  # one model per seed
+    browser.find_element(By.XPATH, f"{row}//a[normalize-space(.)='model']").click()
+
+    wait.until(expected.presence_of_element_located((By.XPATH, "//*[starts-with(normalize-space(.), 'Metrics (')]")))
+    close_assistant_panel(browser)
+    assert model.model_id in browser.current_url
+    browser.find_element(By.CSS_SELECTOR, "input[placeholder='Search metrics']").send_keys("auc")
+    wait.until(expected.invisibility_of_element_located((By.XPATH, "//span[normalize-space(.)='val_synth_b_images']")))
+    for name in ("val_synth_b_auc", "test_synth_c_auc", "test_synth_c_unique_auc"):
+        metric = values[name]
+        line = f"//div[@role='row'][./div[@role='cell'][1][normalize-space(.)='{name}']]"
+        cells = [cell.text.strip() for cell in browser.find_element(By.XPATH, line).find_elements(
+            By.XPATH, "./div[@role='cell']")]
+        assert cells[0] == name and cells[1].startswith(f"{metric.dataset_name} (#"), f"{name}: page shows {cells}"
+        assert cells[2:] == [run_name, js_number(metric.value)], f"{name}: page shows {cells}"
+    # The picture: the end of the validation site's rows and the start of the test site's.
+    test_row = browser.find_element(By.XPATH, "//div[@role='row'][./div[@role='cell'][1]"
+                                              "[normalize-space(.)='test_synth_c_auc']]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", test_row)
+    browser.execute_script("window.scrollTo(0, 0)")
+    time.sleep(0.5)
+    save_screenshot(browser, served_runs, "logged_model.png")
+
+
+@needs_browser
+def test_compare_page_shows_auc_of_both_seeds(served_runs, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as expected
@@ -497,19 +615,23 @@ def test_compare_page_shows_auc_of_both_runs(served_runs, browser):
         if top:
             break
     assert top, f"{target} is not in the compare page's metrics table"
-    for grid in (values_grid, names_grid):  # both, so that names and values line up in the picture
-        browser.execute_script("arguments[0].scrollTop = arguments[1];", grid, int(float(top.rstrip("px"))))
-    time.sleep(0.3)
-    cells = browser.execute_script(
-        "return Array.from(arguments[0].firstElementChild.children).filter(c => c.style.top === arguments[1])"
-        ".sort((a, b) => parseFloat(a.style.left) - parseFloat(b.style.left))"
-        ".map(c => [c.textContent.trim(), c.getBoundingClientRect().top]);", values_grid, top)
-    name_top = browser.execute_script(
-        "return Array.from(arguments[0].querySelectorAll('a')).filter(a => a.textContent.trim() === arguments[1])"
-        ".map(a => a.parentElement.getBoundingClientRect().top)[0];", names_grid, target)
+    for _ in range(20):  # both grids, so that names and values line up; the page syncs them a little later
+        for grid in (values_grid, names_grid):
+            browser.execute_script("arguments[0].scrollTop = arguments[1];", grid, int(float(top.rstrip("px"))))
+        time.sleep(0.3)
+        cells = browser.execute_script(
+            "return Array.from(arguments[0].firstElementChild.children).filter(c => c.style.top === arguments[1])"
+            ".sort((a, b) => parseFloat(a.style.left) - parseFloat(b.style.left))"
+            ".map(c => [c.textContent.trim(), c.getBoundingClientRect().top]);", values_grid, top)
+        name_top = browser.execute_script(
+            "return Array.from(arguments[0].querySelectorAll('a')).filter(a => a.textContent.trim() === "
+            "arguments[1]).map(a => a.parentElement.getBoundingClientRect().top)[0];", names_grid, target)
+        if name_top is not None and cells and all(abs(cell_top - name_top) < 2 for _, cell_top in cells):
+            break
     expected_cells = [mlflow_compare_format(values[run_id][target]) for run_id in shown_ids]
     assert [text for text, _ in cells] == expected_cells, f"{target}: page shows {cells}, runs have {expected_cells}"
-    assert all(abs(cell_top - name_top) < 2 for _, cell_top in cells), "metric name and values are not on one line"
+    assert all(abs(cell_top - name_top) < 2 for _, cell_top in cells), \
+        f"metric name (at {name_top}) and values {cells} are not on one line"
 
     browser.execute_script("window.scrollTo(0, 0)")  # plot, run names and the metrics row in one picture
     time.sleep(0.5)

@@ -105,3 +105,27 @@ def test_a_saved_model_loads_in_a_fresh_process_that_imports_the_model_module(tm
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = eval(result.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(loaded, np.asarray(model(images, training=False))[:, 0], atol=1e-6)
+
+
+def test_small_cnn_backbone():
+    model = tiny_model(backbone="small_cnn")
+    names = [layer.name for layer in model.layers]
+    assert names[-5:] == ["global_max_pool", "dense", "dense_bn", "dropout", "tumour_probability"]
+    assert sum(name.startswith("cnn_block") and name.endswith(("conv1", "conv2")) for name in names) == 8
+    assert model.get_layer("cnn_block4_pool").output.shape[1:] == (2, 2, 128)  # 32 px / 16
+    features = sum(int(np.prod(w.shape)) for w in model.weights
+                   if w.path.startswith("cnn_block") and "moving" not in w.path)
+    assert features == 294_000  # 293,040 convolution weights (3*16*9 + 16*16*9 + ... + 128*128*9) + 960 BatchNorm
+    scores = np.asarray(model(np.zeros((2, 32, 32, 1), np.float32), training=False))
+    assert scores.shape == (2, 1)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"backbone": "vgg16"}, "backbone must be one of resnet50, small_cnn"),
+    ({"backbone": "small_cnn", "weights": "imagenet"}, "no pretrained weights"),
+])
+def test_backbone_settings_are_validated(changes, message, synthetic_sites):
+    config = tiny_config(train_site=f"a={synthetic_sites['synth_a']}", val_site=f"b={synthetic_sites['synth_b']}",
+                         **changes)
+    with pytest.raises(ValueError, match=message):
+        config.validate()

@@ -36,7 +36,8 @@ def test_two_workers_train_one_model_into_one_run(tmp_path, synthetic_sites):
                  "--test-site", f"synth_c={synthetic_sites['synth_c']}",
                  "--image-size", "32", "--batch-size", "16", "--weights", "none", "--epochs", "2",
                  "--output", str(output), "--tracking-uri", uri, "--experiment", "multiworker",
-                 "--set", "bootstrap_resamples=200", "--set", "log_model=false", "--set", "gradcam_examples=1"]
+                 "--set", "bootstrap_resamples=200", "--set", "log_model=false", "--set", "gradcam_examples=1",
+                 "--set", "backbone=small_cnn", "--set", "min_class_images=10"]
     processes = []
     for index in range(2):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": "",

@@ -1,6 +1,8 @@
 """Site registry, folder layouts, site names and the synthetic phantoms."""
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import cv2
@@ -143,3 +145,84 @@ def test_tumour_phantoms_are_brighter_inside_the_brain():
         return sum(int(((image > 175) & mask).sum()) for image, mask in zip(images, inside))
 
     assert bright_inside(tumour) > 10 * max(bright_inside(normal), 1)
+
+
+def write_two_class_site(root: Path) -> Path:
+    write_image(root / "yes" / "a.jpg")
+    write_image(root / "no" / "b.jpg")
+    return root
+
+
+def list_within(site: Site, seconds: float = 20, **kwargs):
+    """``site.list_files(**kwargs)``, failing instead of hanging when it takes longer than ``seconds``."""
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(value=site.list_files(**kwargs)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"list_files still running after {seconds} s"
+    return outcome["value"]
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_special_files_and_symlinks_are_skipped_with_reasons(tmp_path, follow):
+    root = write_two_class_site(tmp_path / "site")
+    outside = tmp_path / "elsewhere"
+    write_image(outside / "external.jpg")
+    (outside / "passwd").write_bytes(b"root:x:0:0:SECRET:/root:/bin/bash\n")
+    os.mkfifo(root / "yes" / "x.jpg")
+    (root / "yes" / "folder.jpg").mkdir()
+    write_image(root / "yes" / "folder.jpg" / "hidden_inside.jpg")
+    (root / "yes" / "inside.jpg").symlink_to("a.jpg")
+    (root / "yes" / "outside.jpg").symlink_to(outside / "external.jpg")
+    (root / "no" / "passwd.jpg").symlink_to(outside / "passwd")
+    (root / "no" / "dangling.png").symlink_to(root / "no" / "gone.png")
+    candidates, skipped = list_within(Site("x", root), follow_external_symlinks=follow)
+    reasons = {bad.relative_path: bad.reason for bad in skipped}
+    expected = {"yes/x.jpg": "not_a_regular_file", "yes/folder.jpg": "not_a_regular_file",
+                "no/dangling.png": "dangling_symlink"}
+    if not follow:
+        expected.update({"yes/outside.jpg": "symlink_outside_site", "no/passwd.jpg": "symlink_outside_site"})
+    assert reasons == expected
+    listed = ["no/b.jpg", "yes/a.jpg", "yes/inside.jpg"] + (["no/passwd.jpg", "yes/outside.jpg"] if follow else [])
+    assert [c.relative_path for c in candidates] == sorted(listed)
+    details = {bad.relative_path: bad.detail for bad in skipped}
+    assert details["yes/x.jpg"] == "a FIFO (named pipe), not a regular file"
+    assert details["yes/folder.jpg"] == "a folder, not a regular file"
+    assert details["no/dangling.png"] == "symlink to a file that does not exist"
+    if not follow:
+        assert details["no/passwd.jpg"] == (f"symlink to {str((outside / 'passwd').resolve())!r}, outside the "
+                                            f"site folder; allowed with data.follow_external_symlinks")
+    assert not any("SECRET" in bad.message() or "root:x" in bad.message() for bad in skipped)
+
+
+def test_class_folder_symlinked_outside_the_site(tmp_path):
+    root = tmp_path / "site"
+    write_image(root / "no" / "b.jpg")
+    write_image(tmp_path / "elsewhere" / "a.jpg")
+    write_image(tmp_path / "elsewhere" / "c.jpg")
+    (root / "yes").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match=r"only one class .* \(2 files skipped: symlink_outside_site \(2\)\)"):
+        Site("x", root).list_files()
+    candidates, skipped = Site("x", root).list_files(follow_external_symlinks=True)
+    assert [c.relative_path for c in candidates] == ["no/b.jpg", "yes/a.jpg", "yes/c.jpg"] and not skipped
+
+
+def test_site_root_reached_through_a_symlink_keeps_its_inside_symlinks(tmp_path):
+    real = write_two_class_site(tmp_path / "real")
+    (real / "yes" / "copy.jpg").symlink_to(real / "yes" / "a.jpg")  # absolute, inside the real folder
+    (tmp_path / "alias").symlink_to(real)
+    candidates, skipped = Site("x", tmp_path / "alias").list_files()
+    assert [c.relative_path for c in candidates] == ["no/b.jpg", "yes/a.jpg", "yes/copy.jpg"] and not skipped
+
+
+def test_socket_named_like_an_image_is_skipped(tmp_path, monkeypatch):
+    import socket
+
+    root = write_two_class_site(tmp_path / "site")
+    monkeypatch.chdir(root / "yes")  # a short relative name: socket paths are limited to about 100 bytes
+    server = socket.socket(socket.AF_UNIX)
+    server.bind("s.png")
+    server.close()
+    _, skipped = list_within(Site("x", root))
+    assert [(b.relative_path, b.reason, b.detail) for b in skipped] == [
+        ("yes/s.png", "not_a_regular_file", "a socket, not a regular file")]

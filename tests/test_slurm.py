@@ -23,7 +23,8 @@ TRAIN_MULTINODE = REPO / "slurm" / "train_multinode.sh"
 # The scripts ask for GPUs, 64 GB and 8 hours: a CPU-only node, as the README says.
 CPU_JOB = ["--gres=none", "--mem=1G", "--time=20"]
 FAST = ["--image-size", "32", "--batch-size", "16", "--set", "bootstrap_resamples=200",
-        "--set", "log_model=false", "--set", "gradcam_examples=1"]
+        "--set", "log_model=false", "--set", "gradcam_examples=1", "--set", "backbone=small_cnn",
+        "--set", "min_class_images=10"]
 JOB_TIMEOUT = 420
 
 

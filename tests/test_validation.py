@@ -1,9 +1,15 @@
 """Tests for datasets.validation: every bad-file case is built on disk in tmp_path."""
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import socket
+import stat
 import struct
+import threading
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,6 +27,8 @@ from datasets.validation import (
     image_format,
     is_hidden,
     read_image_file,
+    regular_file_problem,
+    signature_kind,
     summarize_bad_files,
     truncation_problem,
 )
@@ -64,6 +72,7 @@ def jpeg_bytes(height: int = 64, width: int = 80) -> bytes:
 CASES = {
     "zero_byte": ("empty.jpg", lambda: b"", "empty_file"),
     "text_named_jpg": ("notes.jpg", lambda: b"this is not an image\n", "not_an_image"),
+    "password_file_named_jpg": ("a.jpg", lambda: b"root:x:0:0:root:/root:/bin/bash\n", "not_an_image"),
     "truncated_jpeg": ("cut.jpg", lambda: jpeg_bytes()[: len(jpeg_bytes()) // 2], "truncated"),
     "truncated_png": ("cut.png", lambda: encode(gradient(), ".png")[:200], "truncated"),
     "corrupt_jpeg": (
@@ -246,14 +255,192 @@ def test_image_format_from_magic_bytes(data, expected):
 
 
 def test_unreadable_path(tmp_path):
-    folder = tmp_path / "looks_like.jpg"
-    folder.mkdir()
-    for path in [folder, tmp_path / "missing.jpg"]:
+    path = tmp_path / "missing.jpg"
+    with pytest.raises(ImageRejected) as rejected:
+        read_image_file(str(path))
+    assert rejected.value.reason == "unreadable"
+    image, bad = check_file(str(path), path.name, "mos")
+    assert image is None and bad.reason == "unreadable"
+    assert bad.detail == "FileNotFoundError: No such file or directory"
+
+
+# --- what a path is: regular files only, symlinks inside the site ------------
+
+def finishes_within(seconds: float, function, *fifos: Path):
+    """``function()``'s result; fails (instead of hanging) when it takes longer than ``seconds``.
+
+    On a timeout every FIFO in ``fifos`` is opened for writing once, which
+    releases a reader blocked on it, so the test session itself never hangs.
+    """
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # re-raised in the test's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        for fifo in fifos:
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+        pytest.fail(f"still running after {seconds} s (blocked on a FIFO?)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def make_special(kind: str, path: Path, outside: Path) -> None:
+    """Create at ``path`` a FIFO, socket, folder or symlink of the given kind (``outside``: a folder off the site)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        try:
+            server.bind(str(path))
+        except OSError as error:  # a path longer than the system's limit for socket names
+            pytest.skip(f"cannot bind a socket at {path}: {error}")
+        finally:
+            server.close()
+    elif kind == "folder":
+        path.mkdir()
+        (path / "inside.jpg").write_bytes(jpeg_bytes())
+    elif kind == "symlink_outside":
+        (outside / "passwd.jpg").write_bytes(b"root:x:0:0:SECRET:/root:/bin/bash\n")
+        path.symlink_to(outside / "passwd.jpg")
+    elif kind == "symlink_outside_image":
+        (outside / "real.jpg").write_bytes(jpeg_bytes())
+        path.symlink_to(outside / "real.jpg")
+    elif kind == "symlink_inside":
+        (path.parent / "real.jpg").write_bytes(jpeg_bytes())
+        path.symlink_to("real.jpg")
+    elif kind == "symlink_to_fifo":
+        os.mkfifo(path.parent / "pipe")
+        path.symlink_to("pipe")
+    elif kind == "dangling_symlink":
+        path.symlink_to(path.parent / "gone.jpg")
+    elif kind == "symlink_loop":
+        path.symlink_to(path.name)
+    else:
+        raise ValueError(kind)
+
+
+SPECIAL_CASES = {
+    # kind: (reason with the site folder given, its detail starts with, reason when external symlinks are followed)
+    "fifo": ("not_a_regular_file", "a FIFO (named pipe), not a regular file", "not_a_regular_file"),
+    "socket": ("not_a_regular_file", "a socket, not a regular file", "not_a_regular_file"),
+    "folder": ("not_a_regular_file", "a folder, not a regular file", "not_a_regular_file"),
+    "symlink_outside": ("symlink_outside_site", "symlink to '", "not_an_image"),
+    "symlink_outside_image": ("symlink_outside_site", "symlink to '", None),
+    "symlink_inside": (None, "", None),
+    "symlink_to_fifo": ("not_a_regular_file", "a FIFO (named pipe), not a regular file", "not_a_regular_file"),
+    "dangling_symlink": ("dangling_symlink", "symlink to a file that does not exist", "dangling_symlink"),
+    "symlink_loop": ("dangling_symlink", "symlink that cannot be resolved", "dangling_symlink"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SPECIAL_CASES))
+@pytest.mark.parametrize("follow", [False, True])
+def test_only_regular_files_inside_the_site_are_read(tmp_path, kind, follow):
+    site, outside = tmp_path / "site", tmp_path / "elsewhere"
+    (site / "yes").mkdir(parents=True)
+    outside.mkdir()
+    path = site / "yes" / "x.jpg"
+    make_special(kind, path, outside)
+    reason, detail, followed_reason = SPECIAL_CASES[kind]
+    expected = followed_reason if follow else reason
+    fifos = [p for p in (path, site / "yes" / "pipe") if p.exists() and stat.S_ISFIFO(os.stat(p).st_mode)]
+    image, bad = finishes_within(10, lambda: check_file(str(path), "yes/x.jpg", "nav", site_root=str(site),
+                                                        follow_external_symlinks=follow), *fifos)
+    if expected is None:
+        assert bad is None and image.shape == (64, 80)
+        return
+    assert image is None and bad.reason == expected
+    if expected == reason:
+        assert bad.detail.startswith(detail)
+    if follow and kind == "symlink_outside":
+        assert bad.detail == "text"
+    if expected == "symlink_outside_site":
+        assert bad.detail == (f"symlink to {str(outside.resolve() / path.resolve().name)!r}, outside the site "
+                              f"folder; allowed with data.follow_external_symlinks")
+    assert "root:x" not in bad.message() and "SECRET" not in bad.message() and "b'" not in bad.message()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "symlink_to_fifo", "dangling_symlink"])
+def test_read_image_file_never_opens_what_is_not_a_regular_file(tmp_path, kind):
+    path = tmp_path / "x.jpg"
+    make_special(kind, path, tmp_path)
+    fifos = [p for p in (path, tmp_path / "pipe") if p.exists() and stat.S_ISFIFO(os.stat(p).st_mode)]
+
+    def read():
         with pytest.raises(ImageRejected) as rejected:
             read_image_file(str(path))
-        assert rejected.value.reason == "unreadable"
-        image, bad = check_file(str(path), path.name, "mos")
-        assert image is None and bad.reason == "unreadable"
+        return rejected.value.reason
+
+    assert finishes_within(10, read, *fifos) == SPECIAL_CASES[kind][0]
+
+
+def test_regular_file_problem_without_a_site_root_allows_any_target(tmp_path):
+    (tmp_path / "real.jpg").write_bytes(jpeg_bytes())
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "link.jpg").symlink_to(tmp_path / "real.jpg")
+    link = str(tmp_path / "site" / "link.jpg")
+    assert regular_file_problem(link) is None
+    assert regular_file_problem(link, os.path.realpath(tmp_path / "site"))[0] == "symlink_outside_site"
+    assert regular_file_problem(link, os.path.realpath(tmp_path / "site"), follow_external_symlinks=True) is None
+
+
+def test_a_file_reached_through_a_folder_symlinked_outside_is_skipped(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "a.jpg").write_bytes(jpeg_bytes())
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "yes").symlink_to(tmp_path / "elsewhere")
+    path = str(tmp_path / "site" / "yes" / "a.jpg")
+    image, bad = check_file(path, "yes/a.jpg", "nav", site_root=str(tmp_path / "site"))
+    assert image is None and bad.reason == "symlink_outside_site"
+    image, bad = check_file(path, "yes/a.jpg", "nav", site_root=str(tmp_path / "site"), follow_external_symlinks=True)
+    assert bad is None and image.shape == (64, 80)
+
+
+# --- reasons never quote a file's bytes ---------------------------------------
+
+@pytest.mark.parametrize("data, kind", [
+    (b"root:x:0:0:root:/root:/bin/bash\n", "text"),
+    (b"this is not an image\n", "text"),
+    ("caf\u00e9 ".encode() * 200, "text"),  # 512 bytes end inside a two-byte character
+    (b"GIF89a\x10\x00\x10\x00" + b"\x00" * 40, "a GIF image (not a supported format)"),
+    (b"%PDF-1.7\n%secret", "a PDF document"),
+    (b"PK\x03\x04secret.txt", "a zip archive"),
+    (b"  <!doctype html><p>secret</p>", "an HTML page"),
+    (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "a HEIC, AVIF or WebP image (not a supported format)"),
+    (b"\x00" * 128 + b"DICM" + b"\x02" * 20, "a DICOM file (not a supported format)"),
+    (bytes(range(7, 200)) * 3, "unknown signature"),
+    (b"\x00\x01\x02\x03 secret", "unknown signature"),
+])
+def test_not_an_image_names_at_most_the_kind(tmp_path, data, kind):
+    assert signature_kind(data) == kind
+    path = tmp_path / "a.jpg"
+    path.write_bytes(data)
+    _, bad = check_file(str(path), "a.jpg", "nav")
+    assert (bad.reason, bad.detail) == ("not_an_image", kind)
+    assert bad.message() == f"nav: skipped 'a.jpg': not_an_image ({kind})"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_no_reason_quotes_the_file_bytes(tmp_path, case):
+    relative_path, make_bytes, _ = CASES[case]
+    data = make_bytes()
+    path = tmp_path / "site" / relative_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    _, bad = check_file(str(path), relative_path, "nav", site_root=str(tmp_path / "site"))
+    if bad is not None:
+        assert "b'" not in bad.detail and 'b"' not in bad.detail and "\\x" not in bad.detail
+        assert not data[:6] or data[:6].decode("latin-1") not in bad.detail
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ Modules, one concern each:
     state: train state, the early-stopping / learning-rate schedule, checkpoints.
     loop: prepare data, fit, evaluate, finish (``run_training``).
     evaluation: the per-site evaluation and report, also for saved models.
+    predict: load a model from a file, a run or a models:/ URI; score new images (``predict``).
     tracking: MLflow logging (chief only); mlflow_store: safe creation of a shared store.
     faults: exit statuses and stop signals; console: progress lines; ablation: grids of runs.
 

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import platform
 import subprocess
-from typing import Any
+from typing import Any, Mapping
 
 
 @dataclasses.dataclass
@@ -32,6 +32,25 @@ class Cluster:
     def local_replicas(self) -> int:
         """Replicas driven by this worker."""
         return self.replicas // max(self.workers, 1)
+
+
+#: Run tags from the SLURM environment: tag name -> variable.
+SLURM_TAG_VARIABLES = {"job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID",
+                       "array_task_id": "SLURM_ARRAY_TASK_ID", "job_nodelist": "SLURM_JOB_NODELIST",
+                       "restart_count": "SLURM_RESTART_COUNT"}
+
+
+def slurm_facts(environ: Mapping[str, str]) -> dict[str, str]:
+    """The SLURM job's id, array job and task id, node list and requeue count, from ``environ``.
+
+    Only the variables that are set (none outside SLURM). ``restart_count`` is 0 on a job's first
+    start when the job runs under SLURM (SLURM sets ``SLURM_RESTART_COUNT`` only after a requeue).
+    """
+    facts = {name: environ[variable].strip() for name, variable in SLURM_TAG_VARIABLES.items()
+             if environ.get(variable, "").strip()}
+    if "job_id" in facts:
+        facts.setdefault("restart_count", "0")
+    return facts
 
 
 def slurm_task_count() -> int:

@@ -18,7 +18,8 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlparse
 
 from augment.config import AugmentConfig
 from datasets.audit import LEAKAGE_POLICIES
@@ -27,12 +28,34 @@ from datasets.phash import DEFAULT_THRESHOLD_BITS
 
 THRESHOLD_METHODS = ("youden", "sensitivity")
 INPUT_NORMALIZATIONS = ("imagenet", "per_image")
+#: resnet50: the seed recipe's backbone; small_cnn: eight 3x3 convolutions (16 to 128 filters), from scratch only.
+BACKBONES = ("resnet50", "small_cnn")
 CLASS_WEIGHTINGS = ("none", "balanced")
 #: Test-time augmentation: the image axes of (B, S, S, 1) batches each view flips; () is the image itself.
 TEST_TIME_FLIPS: dict[str, list[tuple[int, ...]]] = {"none": [()], "flips": [(), (2,), (1,), (1, 2)]}
 TEST_TIME_AUGMENTATIONS = tuple(TEST_TIME_FLIPS)
 RESNET50_FREEZE_UNTIL = "conv3_block4_out"
 SWITCHES = ("auto", "on", "off")
+#: Schemes of the tracking stores MLflow registers (``mlflow.tracking._tracking_service.utils``); '' is a path.
+TRACKING_URI_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
+                        "databricks-uc", "uc")
+#: Schemes an MLflow server's ``--backend-store-uri`` may have: a local folder or a database.
+BACKEND_STORE_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _resnet50_layer_names() -> frozenset[str]:
+    """Names of the layers of ``keras.applications.ResNet50(include_top=False)`` (175), without Keras."""
+    names = {"input_layer", "conv1_pad", "conv1_conv", "conv1_bn", "conv1_relu", "pool1_pad", "pool1_pool"}
+    for stage, blocks in zip(range(2, 6), (3, 4, 6, 3)):
+        for block in range(1, blocks + 1):
+            parts = ["1_conv", "1_bn", "1_relu", "2_conv", "2_bn", "2_relu", "3_conv", "3_bn", "add", "out"]
+            parts += ["0_conv", "0_bn"] if block == 1 else []
+            names.update(f"conv{stage}_block{block}_{part}" for part in parts)
+    return frozenset(names)
+
+
+RESNET50_LAYERS = _resnet50_layer_names()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +70,11 @@ class DataConfig:
     crop_margin: float = 0.0
     cache_dir: str = ""
     max_pixels: int = DEFAULT_MAX_PIXELS
+    follow_external_symlinks: bool = False  # read symlinks that resolve outside a site folder
     leakage: str = "purge-train"
     audit_threshold_bits: int = -1  # -1: datasets.phash.DEFAULT_THRESHOLD_BITS
     reference_sites: tuple[str, ...] = ()
+    min_class_images: int = 50  # fewest training images per class after the leakage policy; empty always stops
 
     @property
     def threshold_bits(self) -> int:
@@ -59,8 +84,9 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """ResNet50 backbone and the seed recipe's head."""
+    """The backbone (ResNet50 by default) and the seed recipe's head."""
 
+    backbone: str = "resnet50"
     weights: str = "imagenet"
     dense_units: int = 512
     dropout: float = 0.5
@@ -97,12 +123,27 @@ class RuntimeConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrackingConfig:
-    """MLflow: store, experiment, run name, whether the model is logged."""
+    """MLflow: store, experiment, run name, the model (logged, registered) and system metrics."""
 
     tracking_uri: str = ""
     experiment: str = "brainmri"
     run_name: str = ""
     log_model: bool = True
+    register_model: str = ""  # "": not registered; else the registered model's name
+    system_metrics: bool = True  # MLflow's system/... metrics (CPU, memory, GPU) on the chief
+    parent_run_id: str = ""  # a new run is made a child of this MLflow run (ablate sets it)
+    run_tags: str = ""  # JSON object of tags a new run is created with, e.g. {"brainmri.variant": "base"}
+
+    def new_run_tags(self) -> dict[str, str]:
+        """Tags a new run is created with: ``run_tags`` and ``mlflow.parentRunId``; ValueError for bad JSON."""
+        try:
+            tags = json.loads(self.run_tags) if self.run_tags.strip() else {}
+        except json.JSONDecodeError as error:
+            raise ValueError(f"run_tags must be a JSON object of tags, got {self.run_tags!r}: {error}") from None
+        if not isinstance(tags, dict):
+            raise ValueError(f"run_tags must be a JSON object of tags, got {self.run_tags!r}")
+        tags = {str(key): str(value) for key, value in tags.items()}
+        return {**tags, "mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else tags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +161,8 @@ GROUPS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "trainer": 
                            "runtime": RuntimeConfig, "tracking": TrackingConfig,
                            "evaluation": EvaluationConfig, "augment": AugmentConfig}
 #: Settings that do not define a run: changing them resumes the same run.
-NOT_DEFINING = frozenset({"output", "cache_dir", "run_name", "log_model", "gpus", "tracking_uri"})
+NOT_DEFINING = frozenset({"output", "cache_dir", "run_name", "log_model", "gpus", "tracking_uri", "register_model",
+                          "system_metrics", "parent_run_id", "run_tags", "min_class_images"})
 
 
 def _flat_index() -> dict[str, tuple[str, str, Any]]:
@@ -321,13 +363,14 @@ class TrainConfig:
                              "(--train-site NAME=PATH --val-site NAME=PATH, or --demo)")
         parsed = [parse_site_spec(spec) for spec in (data.train_site, data.val_site, *data.test_sites)]
         names = [name for name, _ in parsed]
-        if len(set(names)) != len(names):
-            raise ValueError(f"site names must be unique, got {names}")
+        check_unique_site_names(list(zip(["--train-site", "--val-site", *["--test-site"] * len(data.test_sites)],
+                                         (data.train_site, data.val_site, *data.test_sites))))
         if check_folders:
             for name, path in parsed:
                 if name != "synthetic" and not Path(path).is_dir():
-                    what = "is a file, not a folder" if Path(path).exists() else "does not exist"
-                    raise ValueError(f"site {name!r}: {path!r} {what}")
+                    if Path(path).exists():
+                        raise ValueError(f"site {name!r}: {path!r} is a file, not a folder")
+                    raise ValueError(f"site {name!r}: folder {path!r} does not exist")
         at_least_one = {"epochs": trainer.epochs, "batch_size": trainer.batch_size,
                         "dense_units": model.dense_units, "steps_per_execution": runtime.steps_per_execution,
                         "bootstrap_resamples": self.evaluation.bootstrap_resamples,
@@ -337,15 +380,34 @@ class TrainConfig:
         for key, value in at_least_one.items():
             if value < 1:
                 raise ValueError(f"{key} must be at least 1, got {value}")
+        if data.min_class_images < 0:
+            raise ValueError(f"min_class_images must be at least 0, got {data.min_class_images}")
         if self.evaluation.gradcam_examples < 0:
             raise ValueError(f"gradcam_examples must be at least 0, got {self.evaluation.gradcam_examples}")
         if not 32 <= data.image_size <= 1024:
             raise ValueError(f"image_size must be between 32 and 1024, got {data.image_size}")
-        if model.weights not in ("imagenet", "none") and not Path(model.weights).is_file():
-            raise ValueError(f"weights must be 'imagenet', 'none' or an existing file, got {model.weights!r}")
+        if model.weights not in ("imagenet", "none"):
+            if not Path(model.weights).exists():
+                raise ValueError(f"weights must be 'imagenet', 'none' or an existing file, got {model.weights!r}")
+            check_keras_file(model.weights, "weights", "model.weights.h5")
+        if model.backbone == "resnet50" and model.freeze_until and model.freeze_until not in RESNET50_LAYERS:
+            raise ValueError(f"freeze_until {model.freeze_until!r} is not a layer of ResNet50 (e.g. "
+                             f"{RESNET50_FREEZE_UNTIL}, conv2_block3_out, conv4_block6_out; '' freezes nothing)")
+        if runtime.gpus < -1:
+            raise ValueError(f"gpus must be -1 (all visible) or a number of GPUs >= 0, got {runtime.gpus}")
+        if not -1 <= data.audit_threshold_bits <= 128:
+            raise ValueError(f"audit_threshold_bits must be -1 (built-in, {DEFAULT_THRESHOLD_BITS}) or in "
+                             f"[0, 128], got {data.audit_threshold_bits}")
+        if not self.tracking.experiment.strip():
+            raise ValueError("experiment must be a non-empty MLflow experiment name")
+        check_tracking_uri(self.tracking.tracking_uri)
+        for key, folder in (("output", runtime.output), ("cache_dir", data.cache_dir)):
+            if folder and Path(folder).exists() and not Path(folder).is_dir():
+                raise ValueError(f"{key} {folder!r} is a file, not a folder")
         choices = {"leakage": (data.leakage, LEAKAGE_POLICIES),
                    "threshold_method": (self.evaluation.threshold_method, THRESHOLD_METHODS),
                    "input_normalization": (model.input_normalization, INPUT_NORMALIZATIONS),
+                   "backbone": (model.backbone, BACKBONES),
                    "class_weighting": (trainer.class_weighting, CLASS_WEIGHTINGS),
                    "test_time_augmentation": (self.evaluation.test_time_augmentation, TEST_TIME_AUGMENTATIONS),
                    "mixed_precision": (runtime.mixed_precision, SWITCHES),
@@ -366,13 +428,139 @@ class TrainConfig:
         if model.input_normalization == "per_image" and model.weights != "none":
             raise ValueError("input_normalization per_image is for --weights none: ImageNet weights "
                              "expect the imagenet centring")
+        if model.backbone != "resnet50" and model.weights != "none":
+            raise ValueError(f"backbone {model.backbone} has no pretrained weights: use --weights none")
         if runtime.cpu_replicas > 1 and runtime.gpus > 0:
             raise ValueError("cpu_replicas is for machines without GPUs; do not combine it with --gpus")
         unknown = [name for name in data.reference_sites if name not in names]
         if unknown:
             raise ValueError(f"reference_sites {unknown} are not sites of this run {names}")
+        register = self.tracking.register_model
+        if register and (register != register.strip() or any(c in register for c in "/:'\"")):
+            raise ValueError(f"register_model {register!r}: a registered model name has no '/', ':', quotes "
+                             "or surrounding spaces")
+        if register and not self.tracking.log_model:
+            raise ValueError("register_model needs log_model=true (the logged model is what is registered)")
+        self.tracking.new_run_tags()
         self.augment.validate()
         return self
+
+
+def check_unique_site_names(options: Sequence[tuple[str, str]]) -> None:
+    """``[(option, "NAME=PATH"), ...]`` of every site option of one command together.
+
+    Raises ValueError naming each site name given more than once and the options that gave it.
+    """
+    given: dict[str, list[str]] = {}
+    for option, spec in options:
+        given.setdefault(spec.partition("=")[0], []).append(f"{option} {spec}")
+    repeated = {name: where for name, where in given.items() if len(where) > 1}
+    if repeated:
+        details = "; ".join(f"{name} ({', '.join(where)})" for name, where in sorted(repeated.items()))
+        raise ValueError(f"site names must be unique; given more than once: {details}")
+
+
+def uri_scheme(uri: str) -> str:
+    """The store type of an MLflow URI: ``''`` for a plain path, ``postgresql`` for ``postgresql+psycopg2://``."""
+    if uri in ("databricks", "databricks-uc", "uc"):
+        return uri
+    scheme = urlparse(uri).scheme.lower()
+    if len(scheme) == 1:  # a Windows drive letter: a path
+        return ""
+    return scheme.partition("+")[0] if scheme.startswith(("postgresql", "mysql", "mssql", "sqlite")) else scheme
+
+
+def _plugin_schemes(group: str = "mlflow.tracking_store") -> tuple[str, ...]:
+    """Schemes that installed MLflow plugins register (entry points; nothing is imported)."""
+    from importlib.metadata import entry_points
+
+    return tuple(entry.name for entry in entry_points(group=group))
+
+
+def check_tracking_uri(uri: str, what: str = "tracking_uri", schemes: Sequence[str] = TRACKING_URI_SCHEMES) -> str:
+    """Raise ValueError unless ``uri`` is an MLflow store URI of one of ``schemes``; returns ``uri``.
+
+    Accepted: '' (the default store), a folder path or ``file:`` URI (an MLflow file store; not a
+    file), ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (not a folder), ``postgresql``,
+    ``mysql``, ``mssql`` (``+driver`` allowed), ``http(s)://HOST[:PORT]``, ``databricks[://PROFILE]``,
+    and the schemes of installed MLflow plugins. Checked from the text and the local file system only:
+    no connection is made and nothing is created.
+    """
+    if not uri:
+        return uri
+    scheme = uri_scheme(uri)
+    allowed = tuple(schemes)
+    if scheme not in allowed and scheme not in _plugin_schemes():
+        shown = ", ".join(f"{name}:" if name else "a folder path" for name in allowed)
+        raise ValueError(f"{what} {uri!r}: unknown scheme {scheme!r}; MLflow stores are {shown} "
+                         "(e.g. sqlite:///mlflow.db, http://127.0.0.1:5000, ./mlruns)")
+    parsed = urlparse(uri)
+    if scheme in ("", "file"):
+        folder = Path(parsed.path if scheme == "file" else uri).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{what} {uri!r}: {str(folder)!r} is a file, not a folder (an MLflow file store is "
+                             "a folder; a SQLite store is given as sqlite:///FILE.db)")
+    elif scheme == "sqlite":
+        _, separator, rest = uri.partition(":///")
+        database = rest.partition("?")[0]
+        if parsed.netloc or not separator or database in ("", ":memory:"):
+            raise ValueError(f"{what} {uri!r} is not a SQLite store URI: expected sqlite:///relative/path.db "
+                             "or sqlite:////absolute/path.db")
+        database_path = Path(database)
+        if database_path.is_dir():
+            raise ValueError(f"{what} {uri!r}: {database!r} is a folder, not a database file")
+        blocking = next((folder for folder in database_path.parents if folder.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise ValueError(f"{what} {uri!r}: {str(blocking)!r} is a file, not a folder")
+    elif scheme in ("http", "https"):
+        try:
+            port_ok = parsed.port is None or parsed.port > 0
+        except ValueError:
+            port_ok = False
+        if not parsed.hostname or not port_ok:
+            raise ValueError(f"{what} {uri!r} needs a host and an optional port, e.g. http://127.0.0.1:5000")
+    elif scheme in ("postgresql", "mysql", "mssql") and not parsed.netloc:
+        raise ValueError(f"{what} {uri!r} needs a server, e.g. {scheme}://USER@HOST/DATABASE")
+    return uri
+
+
+def check_keras_file(path: str, what: str, member: str) -> None:
+    """Raise ValueError unless ``path`` is a readable file Keras loads: HDF5 (``.h5``, ``.hdf5``,
+    ``.weights.h5``; checked by its signature) or a ``.keras`` zip archive holding ``member``
+    (``model.weights.h5`` for weights, ``config.json`` for a model).
+
+    Reads the file's header (and a zip's directory) only: nothing is decoded or built.
+    """
+    import zipfile
+
+    file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"{what} {path!r} is a folder, not a file")
+    suffix = file.suffix.lower()
+    if suffix not in (".h5", ".hdf5", ".keras"):
+        raise ValueError(f"{what} {path!r}: unsupported file type {suffix or '(none)'!r}; Keras loads "
+                         ".keras archives and HDF5 files (.h5, .hdf5, .weights.h5)")
+    try:
+        with open(file, "rb") as handle:
+            if suffix == ".keras":
+                if not zipfile.is_zipfile(handle):
+                    raise ValueError(f"{what} {path!r} is not a .keras file (not a zip archive)")
+                with zipfile.ZipFile(handle) as archive:
+                    if member not in archive.namelist():
+                        raise ValueError(f"{what} {path!r} is a zip archive without {member}: not a .keras file")
+                return
+            size = file.stat().st_size
+            offsets = [0] + [512 * 2 ** power for power in range(12) if 512 * 2 ** power + 8 <= size]
+            for offset in offsets:  # the HDF5 superblock may follow a user block of 512 * 2**k bytes
+                handle.seek(offset)
+                if handle.read(8) == HDF5_SIGNATURE:
+                    return
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{what} {path!r} is a damaged zip archive: {error}") from None
+    except OSError as error:
+        raise ValueError(f"{what} {path!r} cannot be read: {error.strerror or error}") from None
+    raise ValueError(f"{what} {path!r} is not an HDF5 file (no HDF5 signature); expected Keras weights "
+                     "saved as .h5 / .weights.h5, or a .keras archive")
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -399,3 +587,9 @@ def read_config_file(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"config file {path!r} must hold a mapping of settings, got {type(data).__name__}")
     return data
+
+
+def check_tracking_environment(uri: str) -> None:
+    """With no ``--tracking-uri``, ``$MLFLOW_TRACKING_URI`` (the store used then) must be an MLflow store URI."""
+    if not uri and os.environ.get("MLFLOW_TRACKING_URI"):
+        check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI")

@@ -13,7 +13,6 @@ statistics of the training set, on which the shortcut baseline is fit.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -112,8 +111,11 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
                         sites: Mapping, roles: Mapping[str, str], output: Path, reference: TrainingReference,
                         threshold: float | None = None, check_stop: Callable[[str], None] | None = None,
                         extra_info: Mapping[str, str] | None = None, shortcuts: dict | None = None,
-                        train_review: dict | None = None) -> dict:
+                        train_review: dict | None = None, model_id: str = "") -> dict:
     """Predict every val/test site, choose the threshold on val, write the report, log it once.
+
+    ``model_id``: the MLflow LoggedModel evaluated; every metric is also linked to it and to the
+    dataset of its site (the threshold to the validation site's), so its page lists them per site.
 
     ``model`` is the model Grad-CAM explains (None: no Grad-CAM). Every
     val/test site gets a data-quality review from the model's probabilities
@@ -190,40 +192,113 @@ def evaluate_and_report(config: TrainConfig, cluster: Cluster, tracker: Tracker,
     paths += quality_paths
     for path in paths:
         tracker.log_artifact(path, artifact_path="report")
-    tracker.log_metrics_once({**mlflow_metric_names(results), "threshold": threshold})
+    tracker.log_metrics_once({**mlflow_metric_names(results), "threshold": threshold}, model_id=model_id,
+                             datasets=metric_datasets(results, sites, roles))
     return summary
 
 
+def metric_datasets(results: Mapping[str, dict], sites: Mapping, roles: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """``{metric name: (site name, site digest)}``: the dataset each evaluation metric was measured on.
+
+    The names are those of ``eval.report.mlflow_metric_names``; ``threshold`` and ``decision_threshold``
+    belong to the validation site (where the threshold is chosen), or to none when there is none.
+    """
+    from eval.report import mlflow_metric_names
+
+    datasets = {}
+    for name in results:
+        for key in mlflow_metric_names({name: results[name]}):
+            datasets[key] = (name, sites[name].digest())
+    validation = [name for name in results if roles.get(name) == "val"]
+    for key in ("threshold", "decision_threshold"):
+        datasets.pop(key, None)
+        if validation:
+            datasets[key] = (validation[0], sites[validation[0]].digest())
+    return datasets
+
+
+#: Subsets of the console table: summary key ("" the whole site) and column title.
+CONSOLE_SUBSETS = (("", "AUC [95% CI]"), ("unique", "leak-free AUC [95% CI]"),
+                   ("disjoint", "source-disjoint AUC [95% CI]"))
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _console_auc(metrics: dict | None, with_images: bool) -> str:
+    """``0.912 [0.88, 0.94]`` (and ``n=300``) of a subset's metrics; ``n/a`` where the AUC is undefined."""
+    if not metrics:
+        return "n/a"
+    images = f" n={metrics.get('images', 0)}" if with_images else ""
+    if not _finite(metrics.get("auc")):
+        return "n/a (one class)" + images if metrics.get("images") else "n/a (no images)"
+    low, high = metrics.get("auc_ci") or (None, None)
+    interval = f" [{low:.3f}, {high:.3f}]" if _finite(low) and _finite(high) else ""
+    return f"{metrics['auc']:.3f}{interval}{images}"
+
+
+def _console_rate(value, correct: int, total: int) -> str:
+    return "n/a" if not total or not _finite(value) else f"{value:.3f} ({correct}/{total})"
+
+
 def results_table(summary: dict) -> str:
-    """The per-site markdown table (AUC with CI and the shortcut baseline per subset, sensitivity, specificity)."""
-    from eval.report import markdown_table, site_table
+    """The short per-site console table of an evaluation summary (``summary.json``).
 
-    results = {name: values for name, values in summary["sites"].items() if values.get("role") != "train"}
-    return markdown_table(*site_table(results))
+    One row per validation and test site: role, images, AUC with its 95 %
+    bootstrap CI on the whole site, on its leak-free and on its
+    source-disjoint subset (with their image counts), and sensitivity and
+    specificity at the decision threshold (chosen on validation), above it a
+    line naming the threshold. The full table (every subset, shortcut
+    baseline, calibration) is in ``report.md``.
+    """
+    results = {name: values for name, values in summary.get("sites", {}).items() if values.get("role") != "train"}
+    header = ["site", "role", "images", *(title for _, title in CONSOLE_SUBSETS), "sensitivity", "specificity"]
+    rows = []
+    for name, values in results.items():
+        confusion = values.get("confusion") or {}
+        tp, fn, tn, fp = (int(confusion.get(key, 0)) for key in ("tp", "fn", "tn", "fp"))
+        rows.append([name, str(values.get("role", "")), str(values.get("images", "")),
+                     *(_console_auc(values.get(key) if key else values, with_images=bool(key))
+                       for key, _ in CONSOLE_SUBSETS),
+                     _console_rate(values.get("sensitivity"), tp, tp + fn),
+                     _console_rate(values.get("specificity"), tn, tn + fp)])
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell.rjust(width) if column == 2 else cell.ljust(width)
+                         for column, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+
+    threshold = summary.get("threshold")
+    validation = [name for name, values in results.items() if values.get("role") == "val"]
+    method = summary.get("threshold_method")
+    where = (f"chosen on {', '.join(validation)}{f' by {method}' if method else ''}" if validation
+             else "from --threshold or the model's run")
+    title = f"Per-site results at the decision threshold {threshold:.4f} ({where})" if _finite(threshold) \
+        else "Per-site results"
+    legend = ("leak-free: no near-duplicate in the training set used; source-disjoint: none in the training site "
+              "as given; every subset, shortcut baseline and calibration in report.md")
+    return "\n".join([title, line(header), line(["-" * width for width in widths]), *(line(row) for row in rows),
+                      legend])
 
 
-def _load_models(model_paths: Sequence[str]) -> list:
-    import keras
+def _load_models(model_sources: Sequence[str], tracking_uri: str = "") -> list:
+    """Each ``--model`` (a model.keras, a run folder, a run id, ``runs:/`` or ``models:/``) as a
+    ``training.predict.ModelSource``; ValueError when the image sizes differ."""
+    from training.predict import load_model_source
 
-    from training.model import custom_objects
-
-    models = []
-    for path in model_paths:
-        try:
-            models.append(keras.models.load_model(path, custom_objects=custom_objects()))
-        except Exception as error:
-            raise ValueError(f"{path} cannot be loaded as a Keras model: {error}") from None
-    sizes = {int(model.inputs[0].shape[1]) for model in models}
+    sources = [load_model_source(source, tracking_uri) for source in model_sources]
+    sizes = {source.image_size for source in sources}
     if len(sizes) > 1:
         raise ValueError(f"the models take different image sizes ({sorted(sizes)}); an ensemble needs one size")
-    return models
+    return sources
 
 
-def _training_reference(model_paths: Sequence[str], train_hashes: str | None) -> TrainingReference:
-    """``--train-hashes`` or the ``train_hashes.npz`` beside the models (all the same), else none."""
+def _training_reference(model_folders: Sequence[Path | None], train_hashes: str | None) -> TrainingReference:
+    """``--train-hashes`` or the ``train_hashes.npz`` in the models' run folders (all the same), else none."""
     if train_hashes:
         return TrainingReference.load(Path(train_hashes))
-    found = [Path(path).parent / "train_hashes.npz" for path in model_paths]
+    found = [Path(folder) / "train_hashes.npz" for folder in model_folders if folder is not None]
     found = [path for path in found if path.exists()]
     if not found:
         return TrainingReference.empty()
@@ -240,13 +315,17 @@ def _training_reference(model_paths: Sequence[str], train_hashes: str | None) ->
 def evaluate_saved_model(model_paths: Sequence[str], specs: Sequence[tuple[str, str]], *, val_name: str,
                          threshold: float | None, train_hashes: str | None, output: Path, tracking_uri: str,
                          experiment: str, cache_dir: str, seed: int,
-                         test_time_augmentation: str | None = None, say: Callable[[str], None] = print) -> dict:
+                         test_time_augmentation: str | None = None, say: Callable[[str], None] = print,
+                         tracking: bool = True) -> dict:
     """``evaluate``: any saved model on any sites, with the same report as training.
 
-    Several models are a seed ensemble: their probabilities are averaged per
-    image and evaluated as one model (threshold from ``val_name`` or
-    ``threshold``; no Grad-CAM). Crop settings and test-time augmentation
-    default to the first model's run.
+    ``model_paths``: each a ``model.keras`` (or its run folder), an MLflow run id (``runs:/<id>``) or a
+    ``models:/`` URI. Several models are a seed ensemble: their probabilities are averaged per image and
+    evaluated as one model (threshold from ``val_name`` or ``threshold``; no Grad-CAM). Crop settings and
+    test-time augmentation default to the first model's run. With ``tracking`` the evaluation is an MLflow
+    run of ``experiment`` (default store and experiment as ``train``): tagged with the source training
+    run(s) and model, the sites logged as datasets, and, for one model that is a LoggedModel of this
+    store, its metrics linked to that model and each site's dataset.
     """
     from datasets.cache import CropParams, load_sites
     from training.cluster import choose_strategy
@@ -257,43 +336,58 @@ def evaluate_saved_model(model_paths: Sequence[str], specs: Sequence[tuple[str, 
     model_paths = list(model_paths)
     if not model_paths:
         raise ValueError("give at least one --model")
-    models = _load_models(model_paths)
-    model_dir = Path(model_paths[0]).parent
-    image_size = int(models[0].inputs[0].shape[1])
-    saved = {}
-    if (model_dir / "config.json").exists():
-        saved = TrainConfig.from_settings(json.loads((model_dir / "config.json").read_text())).flat()
+    sources = _load_models(model_paths, tracking_uri)
+    models = [source.model for source in sources]
+    first = sources[0]
+    image_size = first.image_size
+    saved = first.settings
     if threshold is None and not val_name:
         if len(models) > 1:
             raise ValueError("an ensemble of several models needs --val-site or --threshold")
-        if not (model_dir / "summary.json").exists():
-            raise ValueError("no --threshold, no --val-site and no summary.json next to the model")
-        threshold = json.loads((model_dir / "summary.json").read_text())["threshold"]
+        threshold = first.threshold
+        if threshold is None:
+            raise ValueError(f"no --threshold, no --val-site and no threshold known for {first.source!r} (no "
+                             "summary.json next to the model, no MLflow metric 'threshold' in its run)")
     if test_time_augmentation is None:
         test_time_augmentation = saved.get("test_time_augmentation", "none")
-    reference = _training_reference(model_paths, train_hashes)
+    reference = _training_reference([source.folder for source in sources], train_hashes)
     config = TrainConfig.from_settings({
         "image_size": image_size, "cache_dir": cache_dir, "seed": seed, "batch_size": 32, "output": str(output),
         "test_time_augmentation": test_time_augmentation, "crop": saved.get("crop", True),
         "crop_margin": saved.get("crop_margin", 0.0)})
     params = CropParams(image_size=image_size, margin=config.data.crop_margin, crop=config.data.crop,
-                        max_pixels=config.data.max_pixels)
+                        max_pixels=int(saved.get("max_pixels", config.data.max_pixels)))
     sites = load_sites(specs, params, cache_dir=cache_dir or None, report=say, progress=progress_printer())
     cluster = choose_strategy()
     roles = {name: ("val" if name == val_name else "test") for name, _ in specs}
-    tracker = Tracker(bool(experiment), tracking_uri, experiment or "brainmri")
-    name = f"evaluate-{model_dir.name}" + (f"-ensemble{len(models)}" if len(models) > 1 else "")
+    tracker = Tracker(tracking, tracking_uri, experiment or "brainmri")
+    label = first.folder.name if first.folder is not None else (first.model_id or first.run_id or "model")
+    name = f"evaluate-{label}" + (f"-ensemble{len(models)}" if len(models) > 1 else "")
     tracker.start("", name + ("" if test_time_augmentation == "none" else f"-tta-{test_time_augmentation}"))
-    tracker.log_params({"model_path": ",".join(model_paths)[:6000], "ensemble_size": len(models),
-                        "test_time_augmentation": test_time_augmentation})
-    predict_step = make_predict_step(cluster, models, test_time_augmentation)
-    output.mkdir(parents=True, exist_ok=True)
-    extra = {"models": ", ".join(model_paths)} if len(models) > 1 else {}
-    summary = evaluate_and_report(config, cluster, tracker, models[0] if len(models) == 1 else None, predict_step,
-                                  sites, roles, output, reference, threshold, extra_info=extra)
-    summary.update(model_path=model_paths[0], model_paths=model_paths, ensemble_size=len(models),
-                   mlflow_run_id=tracker.run_id, test_time_augmentation=test_time_augmentation)
-    write_json_atomic(output / "summary.json", summary)
-    tracker.log_artifact(output / "summary.json")
+    try:
+        run_ids = [source.run_id for source in sources]
+        tracker.set_tags({key: value for key, value in {
+            "source_run_id": ",".join(run_ids) if any(run_ids) else "",
+            "source_model_id": ",".join(source.model_id for source in sources if source.model_id),
+            "source_model": ",".join(model_paths)[:5000]}.items() if value})
+        tracker.log_params({"model_path": ",".join(model_paths)[:6000], "ensemble_size": len(models),
+                            "test_time_augmentation": test_time_augmentation})
+        tracker.log_datasets(sites, roles)
+        model_id = first.model_id if len(sources) == 1 and tracker.has_logged_model(first.model_id) else ""
+        predict_step = make_predict_step(cluster, models, test_time_augmentation)
+        output.mkdir(parents=True, exist_ok=True)
+        extra = {"models": ", ".join(model_paths)} if len(models) > 1 else {}
+        summary = evaluate_and_report(config, cluster, tracker, models[0] if len(models) == 1 else None,
+                                      predict_step, sites, roles, output, reference, threshold, extra_info=extra,
+                                      model_id=model_id)
+        summary.update(model_path=model_paths[0], model_paths=model_paths, ensemble_size=len(models),
+                       mlflow_run_id=tracker.run_id, test_time_augmentation=test_time_augmentation,
+                       source_run_ids=run_ids, source_model_ids=[source.model_id for source in sources])
+        write_json_atomic(output / "summary.json", summary)
+        tracker.log_artifact(output / "summary.json")
+    except BaseException as error:
+        tracker.set_tags({"failure_reason": f"{type(error).__name__}: {error}"[:5000]})
+        tracker.end("FAILED")
+        raise
     tracker.end("FINISHED")
     return summary

@@ -89,6 +89,7 @@ def _run(config: TrainConfig, stop: StopSignal) -> int:
             Tracker(chief, tracking.tracking_uri, tracking.experiment).mark_finished(state.run_id)
             say(f"this run already finished (MLflow run {state.run_id}); results in {output / 'summary.json'}. "
                 f"Nothing was logged. To train again, delete {output} or choose another --output.", chief=chief)
+            _say_finished_results(output, chief)
             return 0
         if state.replicas != cluster.replicas:
             raise StateError(f"{store.state_path} was written by {state.replicas} replica(s), this job has "
@@ -127,11 +128,11 @@ def _run(config: TrainConfig, stop: StopSignal) -> int:
         f"{'on' if precision.mixed else 'off'}, XLA {'on' if precision.xla else 'off'}", chief=chief)
 
     saved_scores = store.restore(state.checkpoint, model, optimizer) if state and state.checkpoint else None
-    tracker = Tracker(chief, tracking.tracking_uri, tracking.experiment)
+    tracker = Tracker(chief, tracking.tracking_uri, tracking.experiment, system_metrics=tracking.system_metrics)
     if state is not None and chief and tracker.run_status(state.run_id) is None:
         raise StateError(f"MLflow run {state.run_id} of {store.state_path} is not in {tracker.tracking_uri}: "
                          f"resume with the tracking URI the run started with, or delete {output}")
-    tracker.start(state.run_id if state else "", tracking.run_name)
+    tracker.start(state.run_id if state else "", tracking.run_name, tags=tracking.new_run_tags())
     try:
         if state is None:
             state = TrainState(run_id=tracker.run_id, fingerprint=fingerprint, replicas=cluster.replicas,
@@ -167,6 +168,20 @@ def _run(config: TrainConfig, stop: StopSignal) -> int:
         raise
 
 
+def _say_finished_results(output: Path, chief: bool) -> None:
+    """The per-site table of a finished run's ``summary.json`` and its report path (nothing if unreadable)."""
+    import json
+
+    from training.evaluation import results_table
+
+    try:
+        summary = json.loads((output / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    say(results_table(summary), chief=chief)
+    say(f"report: {output / 'report.html'}", chief=chief)
+
+
 def prepare_data(config: TrainConfig, cluster: Cluster, stop: StopSignal, output: Path) -> RunData:
     """Validate, crop and cache every site; audit leakage; apply the policy; the matching pool."""
     from datasets.audit import apply_leakage_policy, audit_shortcuts, audit_sites, write_audit_outputs
@@ -181,7 +196,8 @@ def prepare_data(config: TrainConfig, cluster: Cluster, stop: StopSignal, output
     roles = {name: role for role, name, _ in config.sites()}
     sites = load_sites([(name, path) for _, name, path in config.sites()], params, cache_dir=data.cache_dir or None,
                        report=lambda line: say(line, chief=chief),
-                       progress=progress_printer(chief, check=lambda: stop.check("loading")))
+                       progress=progress_printer(chief, check=lambda: stop.check("loading")),
+                       follow_external_symlinks=data.follow_external_symlinks)
     stop.check("loading")
     digests = {name: site.digest() for name, site in sites.items()}
     audit_result = audit_sites(sites, data.threshold_bits)
@@ -197,6 +213,12 @@ def prepare_data(config: TrainConfig, cluster: Cluster, stop: StopSignal, output
         sites[name] = site.subset([i for i, s in enumerate(site.samples) if s.key in keep_keys])
     say(f"leakage policy {data.leakage}: removed " + ", ".join(f"{name} {count}" for name, count in removed.items()),
         chief=chief)
+    alternatives = {policy: counts for policy, counts in policy_class_counts(
+        audit_result, {name: site.samples for name, site in given_sites.items()}, train_name, eval_names).items()
+        if policy != data.leakage}
+    for line in check_training_classes(train_name, data.leakage, class_counts(given_sites[train_name].labels),
+                                       class_counts(sites[train_name].labels), data.min_class_images, alternatives):
+        say(line, chief=chief)
     shortcuts, train_review, audit_paths = {}, None, []
     if chief:  # only the chief reports, logs and writes them
         shortcuts = audit_shortcuts({name: sites[name] if name == train_name else given_sites[name]
@@ -260,6 +282,82 @@ def shortcut_metric_names(shortcuts: dict) -> dict[str, float]:
     if separability.get("balanced_accuracy") is not None:
         metrics["shortcut_site_separability_balanced_accuracy"] = separability["balanced_accuracy"]
     return metrics
+
+
+#: A class with fewer than this fraction of the other class's training images gets a warning line.
+IMBALANCE_WARNING_FRACTION = 0.2
+
+
+def class_counts(labels: np.ndarray) -> tuple[int, int]:
+    """(no tumour, tumour) image counts of (N,) int labels in {0, 1}."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=2)
+    return int(counts[0]), int(counts[1])
+
+
+def policy_class_counts(audit_result, samples: dict[str, list], train_site: str,
+                        eval_sites: list[str]) -> dict[str, tuple[int, int]]:
+    """(no tumour, tumour) training images that each leakage policy keeps of ``samples[train_site]``."""
+    from datasets.audit import LEAKAGE_POLICIES, apply_leakage_policy
+
+    return {policy: class_counts([sample.label for sample in apply_leakage_policy(
+        audit_result, samples, policy=policy, train_site=train_site, eval_sites=eval_sites)[0][train_site]])
+        for policy in LEAKAGE_POLICIES}
+
+
+def _counts_text(counts: tuple[int, int]) -> str:
+    return f"{counts[0]:,} no tumour, {counts[1]:,} tumour"
+
+
+def check_training_classes(site: str, policy: str, before: tuple[int, int], after: tuple[int, int],
+                           minimum: int, alternatives: dict[str, tuple[int, int]]) -> list[str]:
+    """Stop a run whose training set lost a class to the leakage policy; warn when it is lopsided.
+
+    Args:
+        site: the training site's name.
+        policy: the leakage policy applied.
+        before, after: (no tumour, tumour) training images before and after the policy.
+        minimum: fewest images a class may keep (``min_class_images``); an empty class always stops.
+        alternatives: (no tumour, tumour) the training set would keep under each other policy.
+
+    Returns:
+        Warning lines for the console (empty when the classes are balanced enough).
+
+    Raises:
+        ValueError: a class keeps fewer than ``max(minimum, 1)`` images; the message gives the counts
+            before and after, and the policies that keep more of that class.
+    """
+    if minimum < 0:
+        raise ValueError(f"min_class_images must be at least 0, got {minimum}")
+    short = int(np.argmin(after))
+    names, plain = ("no-tumour", "tumour"), ("no tumour", "tumour")
+    if after[short] < max(minimum, 1):
+        better = [f"{name} ({_counts_text(counts)})" for name, counts in alternatives.items()
+                  if counts[short] > after[short]]
+        ways = (f"Policies that keep more: {'; '.join(better)}. Choose one with --leakage (and read the leak-free "
+                "and source-disjoint numbers), or " if better else
+                "No leakage policy keeps more (the site itself is that small): add images, or ")
+        raise ValueError(
+            f"training site {site} keeps {after[short]:,} {names[short]} images after the leakage policy {policy} "
+            f"(before: {_counts_text(before)}; after: {_counts_text(after)}), fewer than min_class_images="
+            f"{minimum}: the model would learn that class from almost nothing. {ways}lower the minimum with "
+            f"--set min_class_images=N.")
+    lines = []
+    if after[short] < IMBALANCE_WARNING_FRACTION * after[1 - short]:
+        lines.append(f"warning: the training set after the leakage policy {policy} is lopsided: "
+                     f"{_counts_text(after)} ({plain[short]} {100 * after[short] / after[1 - short]:.0f} % of "
+                     f"{plain[1 - short]}; before: {_counts_text(before)}); --set class_weighting=balanced weighs "
+                     "both classes equally in the loss")
+    return lines
+
+
+def constant_scores_note(scores: np.ndarray) -> str | None:
+    """A console line when all (N,) validation scores are equal (AUC exactly 0.5), else None."""
+    scores = np.asarray(scores)
+    if len(scores) == 0 or np.ptp(scores) > 0:
+        return None
+    return (f"  val AUC 0.5: all {len(scores)} validation scores are equal ({float(scores[0]):.4g}: the model "
+            "predicts one value); usual in the first epochs from scratch, while BatchNorm's moving statistics "
+            "settle")
 
 
 def balanced_class_weights(labels: np.ndarray) -> tuple[float, float]:
@@ -396,6 +494,8 @@ def fit(config: TrainConfig, cluster: Cluster, model, optimizer, store: Checkpoi
             f"{record['train_auc']:.3f} val {data.val_name} AUC {val_auc:.4f}{' *' if schedule.improved else ''} "
             f"lr {record['learning_rate']:.2g} {epoch_seconds:.0f} s "
             f"({record['images_per_second']:.0f} img/s)", chief=chief)
+        if constant_scores_note(val_scores):
+            say(constant_scores_note(val_scores), chief=chief)
         if agree(stop.requested):  # all workers stop at the same point, or none does
             raise RequeueRequested(f"{stop.signal_name or 'stop'} received after epoch {epoch + 1}")
     if state.phase == "training":
@@ -422,11 +522,17 @@ def finish(config: TrainConfig, cluster: Cluster, model, store: CheckpointStore,
         if agree(stop.requested):
             raise RequeueRequested(f"{stop.signal_name or 'stop'} received during {where}")
 
+    # The LoggedModel first (found again, not logged twice, on a resume), so that every evaluation metric
+    # is linked to it and to its site's dataset.
+    model_id = ""
+    if config.tracking.log_model:
+        model_id = tracker.log_model(model, data.sites[data.val_name].images[:2],
+                                     register_as=config.tracking.register_model)
     summary = evaluate_and_report(config, cluster, tracker, model, predict_step, data.sites, data.roles, output,
                                   data.reference, check_stop=check_stop, shortcuts=data.shortcuts,
-                                  train_review=data.train_review)
+                                  train_review=data.train_review, model_id=model_id)
     summary.update(epochs_run=state.epoch, best_epoch=state.schedule.best_epoch, mlflow_run_id=state.run_id,
-                   model_path=str(output / "model.keras"), removed=data.removed)
+                   model_path=str(output / "model.keras"), removed=data.removed, mlflow_model_id=model_id)
     summary["sites"][data.train_name] = {"role": "train", "images": len(train_site.samples),
                                          "removed_by_leakage_policy": data.removed.get(data.train_name, 0),
                                          "bad_files": len(train_site.bad_files)}
@@ -438,10 +544,10 @@ def finish(config: TrainConfig, cluster: Cluster, model, store: CheckpointStore,
     tracker.log_artifact(output / "summary.json")
     tracker.log_artifact(output / "config.json")
     tracker.log_metrics_once({"epochs_run": state.epoch, "best_epoch": state.schedule.best_epoch})
-    if config.tracking.log_model:
-        tracker.log_model(model, data.sites[data.val_name].images[:2])
     state.phase = "finished"
     store.write_state(state)
     tracker.end("FINISHED")
     say(results_table(summary))
-    say(f"done: {output / 'summary.json'}  (MLflow run {state.run_id})")
+    say(f"report: {output / 'report.html'} (and report.md); run folder: {output}")
+    say(f"done: {output / 'summary.json'}  (MLflow run {state.run_id}"
+        f"{f', model models:/{model_id}' if model_id else ''})")
