@@ -161,7 +161,10 @@ def cli() -> None:
 @click.option("--train-site", "train_name", default="", metavar="NAME",
               help="The --site the shortcut baseline is fit on (default: the first).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and the classifiers.")
-def audit(site_values, output, image_size, threshold_bits, cache_dir, no_crop, train_name, seed) -> None:
+@click.option("--follow-external-symlinks", is_flag=True,
+              help="Read symlinks that point outside a site's folder (skipped by default).")
+def audit(site_values, output, image_size, threshold_bits, cache_dir, no_crop, train_name, seed,
+          follow_external_symlinks) -> None:
     """Audit sites: near-duplicates (leakage), shortcuts (image statistics vs label) and data quality."""
     from datasets.audit import audit_shortcuts, audit_sites, format_audit_table, write_audit_outputs
     from datasets.quality import cross_validated_review, format_quality_table, write_quality_outputs
@@ -176,7 +179,8 @@ def audit(site_values, output, image_size, threshold_bits, cache_dir, no_crop, t
                                f"({', '.join(name for name, _ in specs)})")
     with usage_errors():
         sites = load_sites(specs, crop_params(image_size, crop=not no_crop), cache_dir=cache_dir or None,
-                           report=lambda line: click.echo(line, err=True), progress=console_progress())
+                           report=lambda line: click.echo(line, err=True), progress=console_progress(),
+                           follow_external_symlinks=follow_external_symlinks)
     bits = DEFAULT_THRESHOLD_BITS if threshold_bits is None else threshold_bits
     result = audit_sites(sites, bits)
     click.echo("shortcut audit...", err=True)
@@ -261,7 +265,7 @@ def preview_augment(site_spec, reference_specs, output, image_size, count, seed,
 #: Options of ``train`` that are config settings (the option's name is the setting's flat key).
 TRAIN_SETTINGS = ("train_site", "val_site", "test_sites", "output", "epochs", "batch_size", "image_size",
                   "weights", "leakage", "seed", "tracking_uri", "experiment", "run_name", "gpus",
-                  "cpu_replicas", "cache_dir", "register_model", "system_metrics")
+                  "cpu_replicas", "cache_dir", "register_model", "system_metrics", "follow_external_symlinks")
 
 
 @cli.command()
@@ -294,6 +298,8 @@ TRAIN_SETTINGS = ("train_site", "val_site", "test_sites", "output", "epochs", "b
               help="YAML or JSON file of settings; flags given on the command line override it.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set augment.histogram_match_probability=0 (repeatable).")
+@click.option("--follow-external-symlinks", is_flag=True,
+              help="Read symlinks that point outside a site's folder (skipped by default).")
 @click.option("--demo", is_flag=True, help="Train on three built-in synthetic sites (no download, a few minutes).")
 @click.pass_context
 def train(ctx: click.Context, config_file, overrides, demo, **flags) -> None:

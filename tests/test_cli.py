@@ -461,3 +461,25 @@ def test_dataset_inputs_survive_a_concurrent_registration(monkeypatch):
                                  root="/x", digest=lambda: "abc")
     tracker.log_datasets({"a": site}, {"a": "train"})
     assert calls == [("a", "train"), ("a", "train")]
+
+
+@pytest.mark.parametrize("flag, expected_images", [([], 48), (["--follow-external-symlinks"], 49)])
+def test_audit_follows_symlinks_outside_the_site_only_when_asked(tmp_path, synthetic_sites, monkeypatch, flag,
+                                                                 expected_images):
+    import shutil
+
+    site = tmp_path / "site"
+    shutil.copytree(synthetic_sites["synth_a"], site)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    extra = next((site / "yes").iterdir())
+    shutil.copy(extra, outside / "scan.png")
+    (site / "yes" / "linked.png").symlink_to(outside / "scan.png")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["audit", "--site", f"a={site}", "--image-size", "32", "--output", "audit",
+                                      *flag])
+    assert result.exit_code == 0, result.output
+    audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert audit["sites"]["a"]["images"] == expected_images
+    bad = json.loads((tmp_path / "audit" / "bad_files.json").read_text())
+    assert ("symlink_outside_site" in json.dumps(bad)) == (not flag)
