@@ -21,6 +21,7 @@ import pytest
 
 from training.config import ModelConfig, TrainConfig
 from training.model import build_model
+from eval.gradcam import find_last_conv_layer, grad_cam
 from training.tracking import Tracker, portable_model
 
 
@@ -80,6 +81,11 @@ def test_portable_model_has_no_custom_layer_and_the_same_outputs():
     np.testing.assert_array_equal(np.asarray(portable(batch, training=False)), np.asarray(model(batch, training=False)))
     plain = build_model(ModelConfig(backbone="small_cnn", weights="none", dense_units=8), 32)
     assert portable_model(plain) is plain  # nothing to replace
+    # The model itself is untouched: every layer still has one inbound node, so Grad-CAM finds its last
+    # convolution (once it found the standardization layer, the only layer not called again, and failed).
+    assert all(len(layer._inbound_nodes) == 1 for layer in model.layers)
+    assert find_last_conv_layer(model) == find_last_conv_layer(plain)
+    assert grad_cam(model, batch).shape == (4, 32, 32)
 
 
 FRESH_PROCESS = """

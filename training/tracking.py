@@ -338,8 +338,9 @@ class Tracker:
 
 def portable_model(model):
     """``model`` with every layer of this project's own (``training.model.custom_objects``) replaced by
-    the Keras ops of its ``call``, sharing all other layers and weights: the same outputs, and loadable
-    by plain Keras (no registered custom objects). ``model`` itself when it has none of them.
+    the Keras ops of its ``call``, in a copy with the same weights: the same outputs, and loadable by
+    plain Keras (no registered custom objects); ``model`` is left as it was. ``model`` itself when it
+    has none of them.
     """
     import keras
 
@@ -356,7 +357,11 @@ def portable_model(model):
     def call(layer, *args, **kwargs):
         return layer.call(*args, **kwargs) if isinstance(layer, own) else layer(*args, **kwargs)
 
-    return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+    # New layers with copied weights: calling the model's own layers again would give each a second
+    # inbound node, and Grad-CAM (eval.gradcam) could no longer tell which node is the model's.
+    portable = keras.models.clone_model(model, call_function=call)
+    portable.set_weights(model.get_weights())
+    return portable
 
 
 def slurm_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
