@@ -38,8 +38,8 @@ if not getattr(_datasets_package, "BRAINMRI_DATASETS", False):
 
 from datasets.audit import LEAKAGE_POLICIES
 from datasets.sites import check_site_folder
-from training.config import (TEST_TIME_AUGMENTATIONS, TrainConfig, check_tracking_environment, flatten_settings,
-                             read_config_file)
+from training.config import (DEFAULT_RECIPE, RECIPES, TEST_TIME_AUGMENTATIONS, TrainConfig,
+                             check_tracking_environment, flatten_settings, from_scratch_note, read_config_file)
 
 DEMO_DATA = Path("runs") / "demo_data"
 
@@ -258,14 +258,20 @@ def preview_augment(site_spec, reference_specs, output, image_size, count, seed,
     rng = np.random.default_rng(seed)
     chosen = images[np.sort(rng.choice(len(images), min(count, len(images)), replace=False))]
     pool = np.concatenate([site.images for site in list(sites.values())[1:]]) if reference_specs else None
-    write_png(output, augment_preview_montage(chosen, pool, augment_config, seed=seed))
+    write_png(output, augment_preview_montage(chosen, pool, augment_config, seed=seed, every_acquisition_family=True))
     click.echo(f"wrote {output}")
+
+
+def recipe_defaults(key: str, default: Any) -> str:
+    """``--help`` text of the default of a ``train`` option per recipe: ``seed: 15, from-scratch: 40``."""
+    return ", ".join(f"{name}: {settings.get(key, default)}" for name, settings in RECIPES.items())
 
 
 #: Options of ``train`` that are config settings (the option's name is the setting's flat key).
 TRAIN_SETTINGS = ("train_site", "val_site", "test_sites", "output", "epochs", "batch_size", "image_size",
                   "weights", "leakage", "seed", "tracking_uri", "experiment", "run_name", "gpus",
-                  "cpu_replicas", "cache_dir", "register_model", "system_metrics", "follow_external_symlinks")
+                  "cpu_replicas", "cache_dir", "register_model", "system_metrics", "follow_external_symlinks",
+                  "recipe")
 
 
 @cli.command()
@@ -275,10 +281,16 @@ TRAIN_SETTINGS = ("train_site", "val_site", "test_sites", "output", "epochs", "b
 @click.option("--output", type=click.Path(file_okay=False), default="",
               help="Run folder (default: runs/<train site>-seed<seed>-<digest of the settings>, one per "
                    "configuration; the same command resumes it).")
-@click.option("--epochs", type=click.IntRange(1, 10_000), default=15, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=100, show_default=True, help="Global batch.")
+@click.option("--recipe", type=click.Choice(tuple(RECIPES)), default=DEFAULT_RECIPE, show_default=True,
+              help="Named settings under the config file, the flags and --set: seed (ImageNet weights) or "
+                   "from-scratch (weights none, batch 16, 40 epochs, Adam 1e-3, per-image input, balanced "
+                   "classes, slower learning-rate cuts; the image size stays --image-size).")
+@click.option("--epochs", type=click.IntRange(1, 10_000), default=15, show_default=recipe_defaults("epochs", 15))
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=100,
+              show_default=recipe_defaults("batch_size", 100), help="Global batch.")
 @click.option("--image-size", type=click.IntRange(32, 1024), default=224, show_default=True)
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a weights file.")
+@click.option("--weights", default="imagenet", show_default=recipe_defaults("weights", "imagenet"),
+              help="imagenet, none, or a weights file.")
 @click.option("--leakage", type=click.Choice(LEAKAGE_POLICIES), default="purge-train", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tracking-uri", default="", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, "
@@ -305,6 +317,9 @@ TRAIN_SETTINGS = ("train_site", "val_site", "test_sites", "output", "epochs", "b
 def train(ctx: click.Context, config_file, overrides, demo, **flags) -> None:
     """Train on one site, select on another, evaluate on the test sites; track in MLflow."""
     config = build_train_config(ctx, config_file, overrides, demo, flags)
+    note = "" if demo else from_scratch_note(config)
+    if note:
+        click.echo(note, err=True)
     from training.loop import run_training
 
     with usage_errors():
@@ -322,7 +337,10 @@ def parse_override(text: str) -> tuple[str, str]:
 
 def build_train_config(ctx: click.Context, config_file, overrides, demo, flags: dict, *,
                        write_demo: bool = True) -> TrainConfig:
-    """Config file < demo settings < command-line flags < --set; everything checked before any work.
+    """Defaults < recipe < config file < demo settings < command-line flags < --set; all checked before any work.
+
+    The recipe is the one named by the highest of these layers that names one (``--recipe``, ``recipe:`` in
+    the file, ``--set recipe=...``); its values sit just above the defaults, under every layer given.
 
     Checked first: every setting, the site folders (their class folders listed, no image read; the
     demo's own sites excepted), the tracking URI or ``$MLFLOW_TRACKING_URI`` and a weights file's

@@ -11,6 +11,15 @@ truncates them into uint8 (per channel with ``channel_axis``); here they are
 rounded to the nearest grey level, so results equal ``np.rint`` of skimage's
 float output and differ from its multi-channel output by at most 1.
 
+Matching is done on the head's foreground by default (``region="foreground"``,
+:data:`augment.config.HISTOGRAM_MATCH_REGIONS`): both histograms count only
+the pixels inside each image's own :func:`foreground_levels` range, and
+every other pixel of the source keeps its grey level. The foreground is a
+function of the grey level alone (``lower < level <= upper``), so it is
+one per-image rule that :mod:`augment.tf_ops` applies identically inside
+its lookup tables. ``region="whole"`` matches whole images (background
+included), as before.
+
 Geometry uses pixel-centre coordinates: pixel ``(row, column)`` sits at
 ``x = column, y = row``, the image centre at ``((W - 1) / 2, (H - 1) / 2)``.
 """
@@ -18,7 +27,27 @@ from __future__ import annotations
 
 import numpy as np
 
+from augment.config import HISTOGRAM_MATCH_REGIONS
+
 NUMBER_OF_LEVELS = 256
+
+# The foreground of an image for histogram matching: grey levels in (lower, upper], see foreground_levels.
+#: The lower threshold is at least this: a black background and its compression noise lie at or below it.
+FOREGROUND_MIN_LEVEL = 10
+#: Width of the border strip that measures the background, in percent of the shorter side (at least 1 px).
+BORDER_STRIP_PERCENT = 3
+#: Strip pixels from 1 to this level can be a grey background; it also caps the lower threshold.
+BACKGROUND_CEILING = 64
+#: Strip pixels from this level up can be a bright bar or frame; the upper threshold stays at or above it - 1.
+BAR_FLOOR = 192
+#: A background or bar must cover at least 1 / this of the strip to be measured.
+STRIP_SHARE_DIVISOR = 8
+#: A flat background or bar ends this many median absolute deviations (MAD) plus 1 from its median ...
+FLAT_MADS = 3
+#: ... and is flat when its MAD is at most this many grey levels.
+MAX_FLAT_MAD = 5
+#: Thresholds of ``region="whole"``: every level is in (-1, 255].
+WHOLE_IMAGE_LEVELS = (-1, 255)
 
 
 def _check_uint8(name: str, array: np.ndarray) -> None:
@@ -26,6 +55,177 @@ def _check_uint8(name: str, array: np.ndarray) -> None:
         raise ValueError(f"{name} must be a uint8 numpy array, got {getattr(array, 'dtype', type(array))}")
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {array.shape})")
+
+
+def check_histogram_match_region(region: str) -> None:
+    """Raise ValueError unless ``region`` is one of :data:`augment.config.HISTOGRAM_MATCH_REGIONS`."""
+    if region not in HISTOGRAM_MATCH_REGIONS:
+        raise ValueError(f"histogram-matching region must be one of {HISTOGRAM_MATCH_REGIONS}, got {region!r}")
+
+
+def border_strip_width(height: int, width: int) -> int:
+    """Width in pixels of the background strip: :data:`BORDER_STRIP_PERCENT` % of the shorter side, rounded, >= 1."""
+    return max(1, (BORDER_STRIP_PERCENT * min(height, width) + 50) // 100)
+
+
+def border_histograms(images: np.ndarray) -> np.ndarray:
+    """Histograms of the pixels within :func:`border_strip_width` of the image border, each pixel once.
+
+    Args:
+        images: (B, H, W, C) uint8.
+
+    Returns:
+        (B * C, 256) int64 counts, row ``b * C + c`` for image ``b``, channel ``c``.
+    """
+    batch, height, width, channels = images.shape
+    strip = border_strip_width(height, width)
+    bottom, right = max(strip, height - strip), max(strip, width - strip)
+    parts = [images[:, :strip], images[:, bottom:], images[:, strip:bottom, :strip], images[:, strip:bottom, right:]]
+    pixels = np.concatenate([part.reshape(batch, -1, channels) for part in parts], axis=1)
+    index = (np.arange(batch)[:, None, None] * channels + np.arange(channels)) * NUMBER_OF_LEVELS + pixels
+    counts = np.bincount(index.ravel(), minlength=batch * channels * NUMBER_OF_LEVELS)
+    return counts.reshape(batch * channels, NUMBER_OF_LEVELS).astype(np.int64)
+
+
+def _flat_part(counts: np.ndarray, strip_totals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median, MAD and flatness of the pixels counted in (K, 256) ``counts``, in whole grey levels.
+
+    Returns:
+        ``(median, mad, flat)``, each (K,): the smallest level whose
+        cumulative count reaches half, the smallest ``d`` such that half the
+        pixels lie within ``d`` levels of it, and whether those pixels are at
+        least 1 / :data:`STRIP_SHARE_DIVISOR` of ``strip_totals`` (K,) with a
+        MAD of at most :data:`MAX_FLAT_MAD`.
+    """
+    levels = np.arange(NUMBER_OF_LEVELS)
+    total = counts.sum(axis=1, keepdims=True)
+    safe_total = np.maximum(total, 1)
+    cumulative = np.cumsum(counts, axis=1)
+    median = np.sum(2 * cumulative < safe_total, axis=1)
+    # Pixels within d levels of the median, for every d: cumulative[m + d] - cumulative[m - d - 1].
+    upper = np.take_along_axis(cumulative, np.minimum(median[:, None] + levels, NUMBER_OF_LEVELS - 1), axis=1)
+    below_index = median[:, None] - levels - 1
+    below = np.where(below_index >= 0, np.take_along_axis(cumulative, np.maximum(below_index, 0), axis=1), 0)
+    mad = np.sum(2 * (upper - below) < safe_total, axis=1)
+    flat = (total[:, 0] > 0) & (STRIP_SHARE_DIVISOR * total[:, 0] >= strip_totals) & (mad <= MAX_FLAT_MAD)
+    return median, mad, flat
+
+
+def foreground_levels(border_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image grey levels ``(lower, upper]`` of the head (the foreground), from the border strip.
+
+    Only the grey level decides, so the rule fits in a 256-entry table. The
+    border strip (:func:`border_histograms`) is the corners and edges of a
+    crop, where the background and anything the crop kept beside the head
+    lie; the head touches it at a few points only.
+
+    * ``lower`` is :data:`FOREGROUND_MIN_LEVEL` (a black background and its
+      compression noise lie at or below it), raised above a grey background
+      (a scan whose background is not black, padded with black to a square
+      by the crop): the strip's pixels from 1 to :data:`BACKGROUND_CEILING`
+      (0 is the padding), when flat and with a median above the minimum
+      level, give ``lower = min(median + FLAT_MADS * mad + 1, BACKGROUND_CEILING)``.
+    * ``upper`` is 255, lowered below a bright bar or frame the crop kept
+      (side bars, white borders): the strip's pixels from :data:`BAR_FLOOR`
+      up, when flat, give ``upper = max(median - FLAT_MADS * mad - 1, BAR_FLOOR - 1)``.
+
+    "Flat" is :func:`_flat_part`: at least 1 / :data:`STRIP_SHARE_DIVISOR` of
+    the strip and a median absolute deviation of at most
+    :data:`MAX_FLAT_MAD`. Head pixels as dark as such a background (dark CSF)
+    or as bright as such a bar count as background too. Integers only, so
+    :func:`augment.tf_ops.foreground_levels_tf` gives the same levels exactly.
+
+    Args:
+        border_counts: (K, 256) non-negative integer histograms of border strips.
+
+    Returns:
+        ``(lower, upper)``: (K,) int64 each, ``lower`` in
+        [FOREGROUND_MIN_LEVEL, BACKGROUND_CEILING] and ``upper`` in
+        [BAR_FLOOR - 1, 255]; a pixel is foreground when ``lower < level <= upper``.
+    """
+    counts = np.asarray(border_counts, dtype=np.int64)
+    levels = np.arange(NUMBER_OF_LEVELS)
+    strip_totals = counts.sum(axis=1)
+    dark_median, dark_mad, dark_flat = _flat_part(
+        np.where((levels >= 1) & (levels <= BACKGROUND_CEILING), counts, 0), strip_totals)
+    grey = dark_flat & (dark_median > FOREGROUND_MIN_LEVEL)
+    lower = np.where(grey, np.minimum(dark_median + FLAT_MADS * dark_mad + 1, BACKGROUND_CEILING),
+                     FOREGROUND_MIN_LEVEL)
+    bright_median, bright_mad, bar = _flat_part(np.where(levels >= BAR_FLOOR, counts, 0), strip_totals)
+    upper = np.where(bar, np.maximum(bright_median - FLAT_MADS * bright_mad - 1, BAR_FLOOR - 1),
+                     NUMBER_OF_LEVELS - 1)
+    return lower.astype(np.int64), upper.astype(np.int64)
+
+
+def region_levels(images: np.ndarray, region: str = "foreground") -> tuple[np.ndarray, np.ndarray]:
+    """(B, H, W, C) uint8 -> ``(lower, upper)``, (B * C,) int64 each: :func:`foreground_levels`, or (-1, 255)."""
+    check_histogram_match_region(region)
+    if region == "whole":
+        rows = images.shape[0] * images.shape[3]
+        return tuple(np.full(rows, level, dtype=np.int64) for level in WHOLE_IMAGE_LEVELS)
+    return foreground_levels(border_histograms(images))
+
+
+def foreground_mask(image: np.ndarray, region: str = "foreground") -> np.ndarray:
+    """The pixels histogram matching counts and changes.
+
+    Args:
+        image: (H, W) or (H, W, C) uint8.
+        region: ``"foreground"`` (pixels whose level is in the image's
+            :func:`foreground_levels` range, per channel) or ``"whole"``
+            (every pixel).
+
+    Returns:
+        bool array shaped like ``image``; all False for an image without a
+        foreground (e.g. black, or a flat grey).
+    """
+    _check_uint8("image", image)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {image.shape}")
+    image_3d = image[..., None] if image.ndim == 2 else image
+    lower, upper = region_levels(image_3d[None], region)
+    return ((image_3d > lower) & (image_3d <= upper)).reshape(image.shape)
+
+
+def _inside(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """(K,) ranges -> (K, 256) bool: level in ``(lower, upper]``."""
+    levels = np.arange(NUMBER_OF_LEVELS)
+    return (levels > np.asarray(lower)[:, None]) & (levels <= np.asarray(upper)[:, None])
+
+
+def foreground_histograms(counts: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """(K, 256) histograms with every level outside its row's ``(lower, upper]`` (K,) set to 0."""
+    return np.where(_inside(lower, upper), np.asarray(counts, dtype=np.int64), 0)
+
+
+def foreground_matching_tables(
+    source_counts: np.ndarray, reference_counts: np.ndarray, source_lower: np.ndarray, source_upper: np.ndarray
+) -> np.ndarray:
+    """:func:`batched_matching_tables` of foreground histograms, identity outside the foreground.
+
+    Args:
+        source_counts: (K, 256) foreground histograms of the sources
+            (:func:`foreground_histograms`; may be all zero).
+        reference_counts: (K, 256) foreground histograms of the references
+            (may be all zero).
+        source_lower, source_upper: (K,) the sources' foreground ranges
+            (-1 and 255 for whole images).
+
+    Returns:
+        (K, 256) float64 tables in [0, 255]: levels outside the source's
+        range map to themselves; a row whose source or reference has no
+        foreground pixel is the identity (the image is left unchanged).
+    """
+    source_counts = np.asarray(source_counts, dtype=np.int64)
+    reference_counts = np.asarray(reference_counts, dtype=np.int64)
+    usable = (source_counts.sum(axis=1) > 0) & (reference_counts.sum(axis=1) > 0)
+    # Rows without a foreground get a one-pixel stand-in so that the tables exist; they are replaced below.
+    stand_in = np.zeros(NUMBER_OF_LEVELS, np.int64)
+    stand_in[-1] = 1
+    tables = batched_matching_tables(np.where(usable[:, None], source_counts, stand_in),
+                                     np.where(usable[:, None], reference_counts, stand_in))
+    matched = usable[:, None] & _inside(source_lower, source_upper)
+    return np.where(matched, tables, np.arange(NUMBER_OF_LEVELS, dtype=np.float64))
 
 
 def matching_table(source_counts: np.ndarray, reference_counts: np.ndarray) -> np.ndarray:
@@ -50,21 +250,28 @@ def matching_table(source_counts: np.ndarray, reference_counts: np.ndarray) -> n
     return np.interp(source_quantiles, reference_quantiles, reference_levels.astype(np.float64))
 
 
-def match_histograms_uint8(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def match_histograms_uint8(image: np.ndarray, reference: np.ndarray, region: str = "foreground") -> np.ndarray:
     """Match an image's histogram to a reference's, per channel.
 
     Args:
         image: (H, W) or (H, W, C) uint8.
         reference: uint8 with the same number of dimensions and channels as
             ``image``; its height and width may differ.
+        region: ``"foreground"`` (default): only the pixels of
+            :func:`foreground_mask` count, in both images, and only those of
+            the image change; ``"whole"``: every pixel.
 
     Returns:
-        uint8 array shaped like ``image``: ``np.rint`` of
-        ``skimage.exposure.match_histograms`` (float result) on each channel.
-        A constant reference gives a constant image.
+        uint8 array shaped like ``image``: on the region's pixels ``np.rint``
+        of ``skimage.exposure.match_histograms`` (float result) of the
+        image's region pixels to the reference's region pixels, on each
+        channel; every other pixel unchanged. A channel whose image or
+        reference region is empty (a black or flat image) is unchanged. With
+        ``"whole"``, a constant reference gives a constant image.
     """
     _check_uint8("image", image)
     _check_uint8("reference", reference)
+    check_histogram_match_region(region)
     if image.ndim not in (2, 3) or image.ndim != reference.ndim:
         raise ValueError(
             f"image and reference must both be (H, W) or (H, W, C), got {image.shape} and {reference.shape}"
@@ -73,14 +280,21 @@ def match_histograms_uint8(image: np.ndarray, reference: np.ndarray) -> np.ndarr
         raise ValueError(f"channel counts differ: image {image.shape[2]}, reference {reference.shape[2]}")
     image_3d = image[..., None] if image.ndim == 2 else image
     reference_3d = reference[..., None] if reference.ndim == 2 else reference
-    matched = np.empty_like(image_3d)
+    source_mask = foreground_mask(image_3d, region)
+    reference_mask = foreground_mask(reference_3d, region)
+    matched = image_3d.copy()
     for channel in range(image_3d.shape[2]):
         source = image_3d[..., channel]
+        source_pixels = source[source_mask[..., channel]]
+        reference_pixels = reference_3d[..., channel][reference_mask[..., channel]]
+        if source_pixels.size == 0 or reference_pixels.size == 0:
+            continue
         table = matching_table(
-            np.bincount(source.ravel(), minlength=NUMBER_OF_LEVELS),
-            np.bincount(reference_3d[..., channel].ravel(), minlength=NUMBER_OF_LEVELS),
+            np.bincount(source_pixels, minlength=NUMBER_OF_LEVELS),
+            np.bincount(reference_pixels, minlength=NUMBER_OF_LEVELS),
         )
-        matched[..., channel] = np.rint(table).astype(np.uint8)[source]
+        mapped = np.rint(table).astype(np.uint8)[source]
+        matched[..., channel] = np.where(source_mask[..., channel], mapped, source)
     return matched.reshape(image.shape)
 
 
@@ -133,20 +347,22 @@ def batched_matching_tables(source_counts: np.ndarray, reference_counts: np.ndar
     return np.where(upper >= levels, last_level, table).astype(np.float64)
 
 
-def match_histograms_batch(images: np.ndarray, references: np.ndarray) -> np.ndarray:
+def match_histograms_batch(images: np.ndarray, references: np.ndarray, region: str = "foreground") -> np.ndarray:
     """:func:`match_histograms_uint8` for a batch, vectorised over images.
 
     Args:
         images: (B, H, W) or (B, H, W, C) uint8.
         references: uint8, same rank and B (and C) as ``images``; height and
             width may differ. ``references[i]`` is the reference of ``images[i]``.
+        region: ``"foreground"`` or ``"whole"``, as in :func:`match_histograms_uint8`.
 
     Returns:
         uint8 array shaped like ``images``, equal to
-        ``match_histograms_uint8(images[i], references[i])`` for every i.
+        ``match_histograms_uint8(images[i], references[i], region)`` for every i.
     """
     _check_uint8("images", images)
     _check_uint8("references", references)
+    check_histogram_match_region(region)
     if images.ndim not in (3, 4) or images.ndim != references.ndim:
         raise ValueError(
             f"images and references must both be (B, H, W) or (B, H, W, C), "
@@ -166,8 +382,14 @@ def match_histograms_batch(images: np.ndarray, references: np.ndarray) -> np.nda
     rows = batch * channels
     source_counts = np.bincount(source_index.ravel(), minlength=rows * levels).reshape(rows, levels)
     reference_counts = np.bincount(reference_index.ravel(), minlength=rows * levels).reshape(rows, levels)
-    tables = np.rint(batched_matching_tables(source_counts, reference_counts)).astype(np.uint8)
-    return tables.ravel()[source_index].reshape(images.shape)
+    source_lower, source_upper = region_levels(images_4d, region)
+    tables = foreground_matching_tables(
+        foreground_histograms(source_counts, source_lower, source_upper),
+        foreground_histograms(reference_counts, *region_levels(references_4d, region)),
+        source_lower,
+        source_upper,
+    )
+    return np.rint(tables).astype(np.uint8).ravel()[source_index].reshape(images.shape)
 
 
 def affine_matrices(

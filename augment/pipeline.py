@@ -2,7 +2,12 @@
 
 Training data is sharded by input pipeline (one per worker) at the index
 level, batched by the per-replica batch size and augmented batch-wise in the
-graph. Each epoch's order and augmentation are a pure function of
+graph: :func:`augment.tf_ops.augment_batch` (histogram matching,
+brightness, one affine resample), then the acquisition families that are
+switched on (:func:`augment.acquisition_tf.acquisition_batch`, seeded by
+:func:`augment.acquisition_tf.acquisition_seed` of the same batch seed; with
+every family off the batches are bit for bit those of ``augment_batch``
+alone). Each epoch's order and augmentation are a pure function of
 ``(seed, epoch, pipeline)``, so a resumed run sees exactly the batches the
 interrupted run would have seen.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from augment.acquisition_tf import acquisition_batch, acquisition_seed
 from augment.config import AugmentConfig
 from augment.tf_ops import augment_batch
 
@@ -58,7 +64,10 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, *, per_replica_batch: 
             return tf.cast(batch_images, tf.float32), batch_labels
         step_seed = tf.stack([tf.constant(seed, tf.int64),
                               tf.constant(epoch * 1_000_003 + pipeline_id * 10_007, tf.int64) + batch_index])
-        return augment_batch(batch_images, pool, augment, step_seed), batch_labels
+        augmented = augment_batch(batch_images, pool, augment, step_seed)
+        if augment.has_acquisition:
+            augmented = acquisition_batch(augmented, augment, acquisition_seed(step_seed))
+        return augmented, batch_labels
 
     dataset = (tf.data.Dataset.from_tensor_slices(order)
                .batch(per_replica_batch, drop_remainder=True)

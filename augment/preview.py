@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from augment.config import AugmentConfig
-from augment.functional import match_histograms_uint8
+from augment.functional import match_histograms_uint8, region_levels
 from augment.tf_ops import augment_batch
 
 LABEL_HEIGHT = 20
@@ -84,20 +84,115 @@ def _augmentation_text(config: AugmentConfig) -> str:
             f"with probability {config.histogram_match_probability:g}")
 
 
+def _matching_region_text(region: str, source: np.ndarray, reference: np.ndarray) -> str:
+    """Which pixels the matching of (H, W) uint8 ``source`` to ``reference`` counts and changes."""
+    if region == "whole":
+        return "region: whole image, background included"
+    (source_lower, source_upper), (reference_lower, reference_upper) = (
+        (int(lower[0]), int(upper[0])) for lower, upper in (region_levels(image[None, ..., None]) for image in
+                                                            (source, reference)))
+    return (f"region: foreground (the head: grey levels {source_lower + 1}-{source_upper} in the source, "
+            f"{reference_lower + 1}-{reference_upper} in the reference), background kept")
+
+
+#: Per acquisition family: (what it mimics, config key of its per-image value, tile label format).
+_ACQUISITION_ROWS = {
+    "downsample": ("coarser resolution: shrunk by the factor (area) and enlarged back (bilinear)",
+                   "downsample_factor", "shrink x{:.2f}"),
+    "blur": ("softer reconstruction: Gaussian blur of sigma px", "blur_sigma", "blur s={:.2f}"),
+    "sharpen": ("sharper reconstruction: unsharp mask of the amount", "sharpen_amount", "sharpen {:.2f}"),
+    "bias_field": ("coil shading: smooth field exp(strength * cubic), random coefficients",
+                   "bias_field_strength", "bias {:.2f}"),
+    "contrast": ("contrast around the foreground mean, black kept", "contrast", "contrast {:.2f}"),
+    "gamma": ("intensity curve 255 (x / 255) ** gamma", "gamma", "gamma {:.2f}"),
+    "noise": ("additive Gaussian noise of sigma grey levels", "noise_sigma", "noise s={:.1f}"),
+    "jpeg": ("JPEG re-encoding at the quality", "jpeg_quality", "jpeg q={:.0f}"),
+}
+
+
+def acquisition_preview_rows(images: np.ndarray, reference_pool: np.ndarray | None, config: AugmentConfig,
+                             seed: int, side: int, every_family: bool = False) -> list[tuple[str, list[np.ndarray]]]:
+    """Captioned rows of the acquisition families on the originals, for the preview montage.
+
+    One row per family switched on in ``config`` (every family when
+    ``every_family``, the ones that are off shown at their configured
+    range): the family alone on each original, its value spread evenly
+    over its range from the first image to the last (the high end for a
+    single image), through the training ops of :mod:`augment.acquisition_tf`.
+    When any family is on, one more row shows the training path of variant
+    1: :func:`augment_batch` with seed ``[seed, 1]`` then ``acquisition_batch``
+    seeded as the training pipeline seeds it.
+
+    Args:
+        images: (N, H, W) uint8 originals.
+        reference_pool: (R, H, W, 1) uint8 histogram-matching references, or None.
+        config: augmentation settings (validated).
+        seed: integer seed (noise field and bias-field coefficients).
+        side: tile side in pixels (>= MIN_TILE).
+        every_family: show every family, not only those switched on.
+
+    Returns:
+        ``[(caption, tiles), ...]``, tiles of ``_labelled_tile``'s shape.
+    """
+    from augment import acquisition_tf
+
+    families = [family for family in _ACQUISITION_ROWS
+                if every_family or getattr(config, f"{family}_probability") > 0]
+    count = len(images)
+    batch = images[..., None].astype(np.float32)
+    row_seed = tf.constant([seed, 0], tf.int64)
+    rows = []
+    for family in families:
+        mimics, key, label = _ACQUISITION_ROWS[family]
+        low, high = getattr(config, f"{key}_low"), getattr(config, f"{key}_high")
+        values = np.linspace(low, high, count) if count > 1 else np.array([high], dtype=np.float64)
+        operations = {
+            "downsample": lambda: acquisition_tf.downsample_upsample_tf(batch, values),
+            "blur": lambda: acquisition_tf.gaussian_blur_tf(batch, values, float(high)),
+            "sharpen": lambda: acquisition_tf.unsharp_mask_tf(batch, values, config.sharpen_sigma),
+            "bias_field": lambda: acquisition_tf.apply_bias_field_tf(
+                batch, tf.random.stateless_uniform([count, 9], row_seed, -1.0, 1.0), values),
+            "contrast": lambda: acquisition_tf.adjust_contrast_tf(batch, values),
+            "gamma": lambda: acquisition_tf.adjust_gamma_tf(batch, values),
+            "noise": lambda: acquisition_tf.add_noise_tf(batch, values, tf.random.stateless_normal(batch.shape,
+                                                                                                   row_seed)),
+            "jpeg": lambda: acquisition_tf.jpeg_reencode_tf(batch, np.rint(values).astype(np.int32)),
+        }
+        changed = np.rint(operations[family]().numpy()[..., 0]).astype(np.uint8)
+        probability = getattr(config, f"{family}_probability")
+        state = f"probability {probability:g}" if probability > 0 else "off in this configuration"
+        caption = (f"Acquisition, {family} alone ({state}): {mimics}; {key}_low {low:g} to {key}_high {high:g}, "
+                   "left to right")
+        rows.append((caption, [_labelled_tile(image, label.format(value), side)
+                               for image, value in zip(changed, values)]))
+    if config.has_acquisition:
+        step_seed = tf.constant([seed, 1], tf.int64)
+        augmented = augment_batch(images[..., None], reference_pool, config, step_seed)
+        augmented = acquisition_tf.acquisition_batch(augmented, config, acquisition_tf.acquisition_seed(step_seed))
+        augmented = np.rint(augmented.numpy()[..., 0]).astype(np.uint8)
+        rows.append((f"Training path of variant 1: augment_batch, then acquisition_batch with "
+                     f"{', '.join(config.acquisition_families)} (each with its probability)",
+                     [_labelled_tile(image, f"train 1.{index}", side) for index, image in enumerate(augmented)]))
+    return rows
+
+
 def augment_preview_montage(
     images: np.ndarray,
     reference_pool: np.ndarray | None,
     config: AugmentConfig,
     seed: int,
     variants: int = 5,
+    every_acquisition_family: bool = False,
 ) -> np.ndarray:
     """Captioned montage of originals, augmented variants and histogram-matching examples.
 
     Row 1 holds the originals; the next ``variants`` rows hold augmented
     versions (the TensorFlow training path, :func:`augment_batch` with seed
     ``[seed, variant]``). When the pool is not empty, up to 4 more rows show
-    ``source | reference | matched`` (full matching, blend 1) for the first
-    images and randomly drawn references. Every row has a caption band above
+    ``source | reference | matched`` (full matching, blend 1, on the
+    config's ``histogram_match_region``, named in the row's caption with the
+    foreground grey levels) for the first images and randomly drawn
+    references. Every row has a caption band above
     it saying what it shows; every image is shown at ``tile_side(H)`` px (at
     least :data:`MIN_TILE`, enlarged by nearest neighbour) under its label.
 
@@ -107,6 +202,9 @@ def augment_preview_montage(
         config: augmentation settings.
         seed: integer seed; the same seed gives the same montage.
         variants: number of augmented rows, >= 0.
+        every_acquisition_family: the acquisition rows
+            (:func:`acquisition_preview_rows`, after the augmented variants)
+            show every family, not only those switched on.
 
     Returns:
         (sum over rows of (caption + 20 + S) + 2 * (rows - 1), columns * (S + 2) - 2, 3)
@@ -142,17 +240,20 @@ def augment_preview_montage(
             caption += ": " + _augmentation_text(config)
         rows.append((caption, [_labelled_tile(image, f"augmented {variant}.{index}", side)
                                for index, image in enumerate(augmented)]))
+    rows += acquisition_preview_rows(images, pool_tensor, config, seed, side, every_acquisition_family)
 
     if pool is not None:
         rng = np.random.default_rng(seed)
         for index in range(min(len(images), MAX_MATCHED_ROWS)):
             reference_index = int(rng.integers(len(pool)))
             reference = pool[reference_index]
-            matched = match_histograms_uint8(images[index], reference)
+            region = config.histogram_match_region
+            matched = match_histograms_uint8(images[index], reference, region=region)
             rows.append((f"Histogram matching of original {index}: source | reference {reference_index} of the "
-                         f"{len(pool)}-image pool (other sites) | source matched to it (blend 1)", [
+                         f"{len(pool)}-image pool (other sites) | source matched to it (blend 1); "
+                         f"{_matching_region_text(region, images[index], reference)}", [
                 _labelled_tile(images[index], f"source {index}", side),
                 _labelled_tile(reference, f"reference {reference_index}", side),
-                _labelled_tile(matched, "matched", side),
+                _labelled_tile(matched, f"matched ({region})", side),
             ]))
     return _grid(rows, rows[0][1][0].shape)

@@ -9,7 +9,9 @@ gives the same batch.
 Per image, :func:`augment_batch` does:
 
 1. with probability ``histogram_match_probability``, match the histogram to a
-   random image of the reference pool (other sites) and blend;
+   random image of the reference pool (other sites) and blend; by default
+   (``histogram_match_region="foreground"``) only the head's pixels count, in
+   the image and in the reference, and only they change;
 2. multiply by a random brightness factor;
 3. ONE bilinear resample for rotation, shift, zoom, shear and flips together;
 4. clip to [0, 255].
@@ -17,6 +19,11 @@ Per image, :func:`augment_batch` does:
 Matched images keep whole grey levels: the blended mapping
 ``round((1 - blend) * level + blend * matched(level))`` is one 256-entry
 table per image, as :func:`augment.functional.match_histograms_uint8` rounds.
+The foreground is ``lower < level <= upper`` with one range per image
+(:func:`foreground_levels_tf`, from the histogram of its border strip), so
+it lives in that table too: levels outside the range map to themselves. The
+per-pixel pass is the same for both regions; only the histograms of the
+matched images (and, once, of a constant pool) are counted for it.
 Brightness scales the image but never ``fill_value``: pixels from outside
 the image are exactly ``fill_value`` (for pixels inside the image, scaling
 before or after the bilinear resample is the same, as it is linear).
@@ -39,6 +46,17 @@ import math
 import tensorflow as tf
 
 from augment.config import AugmentConfig
+from augment.functional import (
+    BACKGROUND_CEILING,
+    BAR_FLOOR,
+    BORDER_STRIP_PERCENT,
+    FLAT_MADS,
+    FOREGROUND_MIN_LEVEL,
+    MAX_FLAT_MAD,
+    STRIP_SHARE_DIVISOR,
+    WHOLE_IMAGE_LEVELS,
+    check_histogram_match_region,
+)
 
 NUMBER_OF_LEVELS = 256
 
@@ -62,6 +80,117 @@ def _histograms(levels: tf.Tensor) -> tf.Tensor:
         index, minlength=rows * NUMBER_OF_LEVELS, maxlength=rows * NUMBER_OF_LEVELS, dtype=tf.int64
     )
     return tf.reshape(counts, [rows, NUMBER_OF_LEVELS])
+
+
+def _border_histograms(levels: tf.Tensor) -> tf.Tensor:
+    """(B, H, W, C) int32 levels -> (B * C, 256) int64 counts of the border strip.
+
+    The strip of :func:`augment.functional.border_histograms`: every pixel
+    within ``max(1, round(3 % of the shorter side))`` of the border, once.
+    """
+    shape = tf.shape(levels)
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    strip = tf.maximum(1, (BORDER_STRIP_PERCENT * tf.minimum(height, width) + 50) // 100)
+    bottom, right = tf.maximum(strip, height - strip), tf.maximum(strip, width - strip)
+    parts = [levels[:, :strip], levels[:, bottom:], levels[:, strip:bottom, :strip],
+             levels[:, strip:bottom, right:]]
+    pixels = tf.concat([tf.reshape(part, [batch, -1, channels]) for part in parts], axis=1)
+    return _histograms(pixels[:, :, None, :])
+
+
+def _flat_part_tf(counts: tf.Tensor, strip_totals: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """:func:`augment.functional._flat_part` in the graph: (K,) int32 median, int32 MAD and bool flatness."""
+    levels = tf.range(NUMBER_OF_LEVELS)
+    total = tf.reduce_sum(counts, axis=1, keepdims=True)
+    safe_total = tf.maximum(total, 1)
+    cumulative = tf.cumsum(counts, axis=1)
+    median = tf.reduce_sum(tf.cast(2 * cumulative < safe_total, tf.int32), axis=1)
+    # Pixels within d levels of the median, for every d: cumulative[m + d] - cumulative[m - d - 1].
+    upper = tf.gather(cumulative, tf.minimum(median[:, None] + levels, NUMBER_OF_LEVELS - 1), batch_dims=1)
+    below_index = median[:, None] - levels - 1
+    below = tf.where(below_index >= 0, tf.gather(cumulative, tf.maximum(below_index, 0), batch_dims=1),
+                     tf.zeros_like(upper))
+    mad = tf.reduce_sum(tf.cast(2 * (upper - below) < safe_total, tf.int32), axis=1)
+    flat = (total[:, 0] > 0) & (STRIP_SHARE_DIVISOR * total[:, 0] >= strip_totals) & (mad <= MAX_FLAT_MAD)
+    return median, mad, flat
+
+
+def foreground_levels_tf(border_counts: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Grey-level range ``(lower, upper]`` of each row's foreground, in the graph.
+
+    The integer rule of :func:`augment.functional.foreground_levels` (median
+    and median absolute deviation of a grey background and of a bright bar
+    in the border strip), so both give the same levels exactly.
+
+    Args:
+        border_counts: (K, 256) int64 border-strip histograms.
+
+    Returns:
+        ``(lower, upper)``: (K,) int32 each; a pixel is foreground when
+        ``lower < level <= upper``.
+    """
+    counts = tf.cast(border_counts, tf.int64)
+    levels = tf.range(NUMBER_OF_LEVELS)
+    strip_totals = tf.reduce_sum(counts, axis=1)
+    zeros = tf.zeros_like(counts)
+    dark_median, dark_mad, dark_flat = _flat_part_tf(
+        tf.where((levels >= 1) & (levels <= BACKGROUND_CEILING), counts, zeros), strip_totals)
+    grey = dark_flat & (dark_median > FOREGROUND_MIN_LEVEL)
+    lower = tf.where(grey, tf.minimum(dark_median + FLAT_MADS * dark_mad + 1, BACKGROUND_CEILING),
+                     tf.fill(tf.shape(dark_median), FOREGROUND_MIN_LEVEL))
+    bright_median, bright_mad, bar = _flat_part_tf(tf.where(levels >= BAR_FLOOR, counts, zeros), strip_totals)
+    upper = tf.where(bar, tf.maximum(bright_median - FLAT_MADS * bright_mad - 1, BAR_FLOOR - 1),
+                     tf.fill(tf.shape(bright_median), NUMBER_OF_LEVELS - 1))
+    return lower, upper
+
+
+def _inside(lower: tf.Tensor, upper: tf.Tensor) -> tf.Tensor:
+    """(K,) ranges -> (K, 256) bool: level in ``(lower, upper]``."""
+    levels = tf.range(NUMBER_OF_LEVELS)
+    return (levels > lower[:, None]) & (levels <= upper[:, None])
+
+
+def _region_histograms(levels: tf.Tensor, region: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(B, H, W, C) int32 levels -> the region's (B * C, 256) int64 counts and (B * C,) int32 ``lower``, ``upper``.
+
+    Levels outside a row's ``(lower, upper]`` are not counted; ``"whole"``
+    is (-1, 255] and counts every pixel.
+    """
+    counts = _histograms(levels)
+    if region == "whole":
+        rows = tf.shape(counts)[:1]
+        return counts, tf.fill(rows, WHOLE_IMAGE_LEVELS[0]), tf.fill(rows, WHOLE_IMAGE_LEVELS[1])
+    lower, upper = foreground_levels_tf(_border_histograms(levels))
+    return tf.where(_inside(lower, upper), counts, tf.zeros_like(counts)), lower, upper
+
+
+def foreground_matching_tables_tf(
+    source_counts: tf.Tensor, reference_counts: tf.Tensor, source_lower: tf.Tensor, source_upper: tf.Tensor
+) -> tf.Tensor:
+    """:func:`matching_tables_tf` of region histograms, identity outside the region.
+
+    Same as :func:`augment.functional.foreground_matching_tables`.
+
+    Args:
+        source_counts: (K, 256) int64 region histograms of the sources (may be all zero).
+        reference_counts: (K, 256) int64 region histograms of the references (may be all zero).
+        source_lower, source_upper: (K,) int32 the sources' ranges ((-1, 255] for whole images).
+
+    Returns:
+        (K, 256) float64 tables: levels outside the source's range map to
+        themselves; a row whose source or reference region is empty is the
+        identity (the image is left unchanged).
+    """
+    source_counts = tf.cast(source_counts, tf.int64)
+    reference_counts = tf.cast(reference_counts, tf.int64)
+    usable = (tf.reduce_sum(source_counts, axis=1) > 0) & (tf.reduce_sum(reference_counts, axis=1) > 0)
+    # Rows without a region get a one-pixel stand-in so that the tables exist; they are replaced below.
+    stand_in = tf.one_hot(NUMBER_OF_LEVELS - 1, NUMBER_OF_LEVELS, dtype=tf.int64)[None]
+    tables = matching_tables_tf(tf.where(usable[:, None], source_counts, stand_in),
+                                tf.where(usable[:, None], reference_counts, stand_in))
+    matched = usable[:, None] & _inside(tf.cast(source_lower, tf.int32), tf.cast(source_upper, tf.int32))
+    identity = tf.broadcast_to(tf.cast(tf.range(NUMBER_OF_LEVELS), tf.float64), tf.shape(tables))
+    return tf.where(matched, tables, identity)
 
 
 def matching_tables_tf(source_counts: tf.Tensor, reference_counts: tf.Tensor) -> tf.Tensor:
@@ -115,7 +244,7 @@ def _lookup(tables: tf.Tensor, levels: tf.Tensor) -> tf.Tensor:
     return tf.gather(tf.reshape(tables, [-1]), row * NUMBER_OF_LEVELS + levels)
 
 
-def match_histograms_tf(images: tf.Tensor, references: tf.Tensor) -> tf.Tensor:
+def match_histograms_tf(images: tf.Tensor, references: tf.Tensor, region: str = "foreground") -> tf.Tensor:
     """Match each image's histogram to its reference's, per channel.
 
     Args:
@@ -123,13 +252,20 @@ def match_histograms_tf(images: tf.Tensor, references: tf.Tensor) -> tf.Tensor:
             levels first).
         references: (B, Hr, Wr, C) uint8 or float in [0, 255];
             ``references[i]`` is the reference of ``images[i]``.
+        region: ``"foreground"`` (default): only pixels inside each image's
+            :func:`foreground_levels_tf` range count, in both, and only the
+            image's change; ``"whole"``: every pixel.
 
     Returns:
-        (B, H, W, C) float32 in [0, 255], not rounded: for uint8 input this is
-        ``skimage.exposure.match_histograms``'s float result (single channel)
-        to float32 precision; ``tf.round`` of it equals
+        (B, H, W, C) float32 in [0, 255], not rounded: for uint8 input, on
+        the region's pixels, ``skimage.exposure.match_histograms``'s float
+        result (single channel) of the image's region pixels to the
+        reference's, to float32 precision; other pixels keep their grey
+        level; an image whose own or reference region is empty is returned
+        as grey levels. ``tf.round`` of it equals
         :func:`augment.functional.match_histograms_batch`.
     """
+    check_histogram_match_region(region)
     images = tf.convert_to_tensor(images)
     references = tf.convert_to_tensor(references)
     if images.shape.rank != 4 or references.shape.rank != 4:
@@ -139,7 +275,9 @@ def match_histograms_tf(images: tf.Tensor, references: tf.Tensor) -> tf.Tensor:
     if images.shape[3] is not None and references.shape[3] is not None and images.shape[3] != references.shape[3]:
         raise ValueError(f"channel counts differ: images {images.shape[3]}, references {references.shape[3]}")
     source_levels = _grey_levels(images)
-    tables = matching_tables_tf(_histograms(source_levels), _histograms(_grey_levels(references)))
+    source_counts, source_lower, source_upper = _region_histograms(source_levels, region)
+    reference_counts, _, _ = _region_histograms(_grey_levels(references), region)
+    tables = foreground_matching_tables_tf(source_counts, reference_counts, source_lower, source_upper)
     return _lookup(tf.cast(tables, tf.float32), source_levels)
 
 
@@ -221,21 +359,22 @@ def affine_transform_matrices(
     return tf.cast(transforms, tf.float32)
 
 
-def _pool_histograms_once(reference_pool) -> tf.Tensor | None:
-    """(R * C, 256) histograms of a constant pool, computed once outside the graph.
+def _pool_histograms_once(reference_pool, region: str) -> tf.Tensor | None:
+    """(R * C, 256) region histograms of a constant pool, computed once outside the graph.
 
     When the pool is a NumPy array or an eager tensor (the usual case: a
     fixed set of images captured by the ``Dataset.map`` function), its
-    histograms are computed eagerly while tracing and enter the graph as a
-    constant, instead of being recomputed for every batch. A symbolic pool
-    (a graph input) and eager execution (one call, nothing to reuse) give None.
+    region histograms (:func:`_region_histograms`) are computed eagerly while
+    tracing and enter the graph as a constant, instead of being recomputed
+    for every batch. A symbolic pool (a graph input) and eager execution
+    (one call, nothing to reuse) give None.
     """
     if tf.executing_eagerly():
         return None
     if isinstance(reference_pool, tf.Tensor) and tf.is_symbolic_tensor(reference_pool):
         return None
     with tf.init_scope():
-        return _histograms(_grey_levels(tf.convert_to_tensor(reference_pool)))
+        return _region_histograms(_grey_levels(tf.convert_to_tensor(reference_pool)), region)[0]
 
 
 def _matched_tables_for_selection(
@@ -243,13 +382,16 @@ def _matched_tables_for_selection(
     reference_pool: tf.Tensor,
     pool_histograms: tf.Tensor | None,
     probability: float,
+    region: str,
     seed: tf.Tensor,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Choose the images to match and compute their (unblended) lookup tables.
 
     Returns:
         ``selected`` (K,) int32 batch indices of the chosen images and
-        ``tables`` (K, C, 256) float32: grey level -> matched value.
+        ``tables`` (K, C, 256) float32: grey level -> matched value (the
+        level itself outside the region, or for every level when the image
+        or its reference has no pixel in the region).
     """
     batch = tf.shape(images)[0]
     channels = tf.shape(images)[3]
@@ -262,14 +404,14 @@ def _matched_tables_for_selection(
     )
     # Histograms are only computed for the chosen images (about p of the batch).
     selected = tf.cast(tf.where(chosen)[:, 0], tf.int32)
-    source_counts = _histograms(_grey_levels(tf.gather(images, selected)))
+    source_counts, source_lower, source_upper = _region_histograms(_grey_levels(tf.gather(images, selected)), region)
     selected_picks = tf.gather(picks, selected)
     if pool_histograms is None:
-        reference_counts = _histograms(_grey_levels(tf.gather(reference_pool, selected_picks)))
+        reference_counts, _, _ = _region_histograms(_grey_levels(tf.gather(reference_pool, selected_picks)), region)
     else:
         rows = tf.reshape(selected_picks[:, None] * channels + tf.range(channels), [-1])
         reference_counts = tf.gather(pool_histograms, rows)
-    tables = matching_tables_tf(source_counts, reference_counts)
+    tables = foreground_matching_tables_tf(source_counts, reference_counts, source_lower, source_upper)
     return selected, tf.reshape(tf.cast(tables, tf.float32), [-1, channels, NUMBER_OF_LEVELS])
 
 
@@ -445,7 +587,9 @@ def augment_batch(
             project. B may be unknown until run time.
         reference_pool: (R, H', W', C) uint8 (or float in [0, 255]) images of
             OTHER sites to match histograms to; ``None`` or R = 0 turns
-            matching off.
+            matching off. With ``histogram_match_region="foreground"`` a
+            drawn reference without foreground pixels leaves its image
+            unchanged (it is not drawn again).
         config: augmentation settings (validated here).
         seed: int32/int64 tensor of shape [2], e.g. ``[run_seed, batch_index]``;
             the same seed and images give the same output.
@@ -472,7 +616,7 @@ def augment_batch(
 
     use_pool = reference_pool is not None and config.has_histogram_matching
     if use_pool:
-        pool_histograms = _pool_histograms_once(reference_pool)
+        pool_histograms = _pool_histograms_once(reference_pool, config.histogram_match_region)
         reference_pool = tf.convert_to_tensor(reference_pool)
         if reference_pool.shape.rank != 4:
             raise ValueError(f"reference_pool must be (R, H, W, C), got shape {reference_pool.shape}")
@@ -492,7 +636,8 @@ def augment_batch(
     fill_value = tf.constant(config.fill_value, tf.float32)
     if use_pool:
         selected, tables = _matched_tables_for_selection(
-            images, reference_pool, pool_histograms, config.histogram_match_probability, match_seed
+            images, reference_pool, pool_histograms, config.histogram_match_probability,
+            config.histogram_match_region, match_seed,
         )
         # Blend on the grey-level axis and round: matched images keep whole grey levels.
         levels = tf.range(NUMBER_OF_LEVELS, dtype=tf.float32)

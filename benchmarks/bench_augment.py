@@ -1,24 +1,34 @@
 """Throughput of the in-graph augmentation against a naive per-image pipeline.
 
-Both run in the same process on the same images (224x224 single-channel
+All run in the same process on the same images (224x224 single-channel
 uint8; real brain-MRI images decoded and resized as a stand-in for the crop
-cache when the shared data is present, synthetic otherwise):
+cache when the shared data is present, synthetic otherwise), with the
+default recipe plus every acquisition family at probability
+``--acquisition-probability`` (0.3; 0 measures the recipe alone):
 
-* ``tf.data + augment_batch``: batches of ``--batch-size`` through
-  ``augment.tf_ops.augment_batch`` inside ``Dataset.map`` with prefetch,
-  TensorFlow limited to ``--threads`` CPU threads;
+* ``tf.data + augment_batch + acquisition_batch``: batches of
+  ``--batch-size`` through ``augment.tf_ops.augment_batch`` and
+  ``augment.acquisition_tf.acquisition_batch`` inside ``Dataset.map`` with
+  prefetch, TensorFlow limited to ``--threads`` CPU threads;
 * ``naive per-image``: a Python loop per image: float
   ``skimage.exposure.match_histograms`` with probability p, a random affine
-  via ``scipy.ndimage.affine_transform`` (bilinear) and a brightness multiply;
+  via ``scipy.ndimage.affine_transform`` (bilinear) and a brightness multiply,
+  then the acquisition families one image at a time (:func:`naive_acquisition`:
+  OpenCV resize, blur and JPEG, NumPy noise, gamma, contrast and bias field);
 * ``naive Keras ImageDataGenerator``: the original recipe, float skimage
-  matching plus ``ImageDataGenerator.random_transform`` per image.
+  matching plus ``ImageDataGenerator.random_transform`` per image, then the
+  same per-image acquisition.
 
 The naive pipelines are timed on ``--naive-images`` images, single-threaded
-as a Python loop runs. Prints a table (method, images/s, ratio to the faster
+as a Python loop runs. The whole comparison is run ``--repeats`` times and
+the spread of the ratios reported (the machine may be shared). Then, unless
+``--no-families``, each acquisition family alone at probability 1: in-graph
+(``acquisition_batch`` only) against its naive per-image version, in
+microseconds per image. Prints tables (method, images/s, ratio to the faster
 naive pipeline, images per CPU-second of this process) and writes JSON.
 
 Usage:
-    python benchmarks/bench_augment.py --images 600 --batch-size 100 --size 224
+    python benchmarks/bench_augment.py --images 600 --batch-size 100 --size 224 --repeats 3
 """
 from __future__ import annotations
 
@@ -121,7 +131,10 @@ def naive_augment(images: np.ndarray, pool: np.ndarray, config, seed: int) -> li
         offset = centre - matrix @ (centre + shift)
         image = ndimage.affine_transform(image, matrix, offset, order=1, mode="constant", cval=config.fill_value)
         image = image * rng.uniform(config.brightness_low, config.brightness_high)
-        outputs.append(np.clip(image, 0, 255).astype(np.float32))
+        image = np.clip(image, 0, 255).astype(np.float32)
+        if config.has_acquisition:
+            image = naive_acquisition(image, config, rng)
+        outputs.append(image)
     return outputs
 
 
@@ -149,8 +162,59 @@ def keras_generator_augment(images: np.ndarray, pool: np.ndarray, config, seed: 
         if rng.random() < config.histogram_match_probability:
             reference = pool[rng.integers(len(pool))][..., None].astype(np.float32)
             image = match_histograms(image, reference, channel_axis=-1)
-        outputs.append(generator.random_transform(image, seed=int(rng.integers(2**31))))
+        image = generator.random_transform(image, seed=int(rng.integers(2**31)))
+        if config.has_acquisition:
+            image = naive_acquisition(image[..., 0], config, rng)[..., None]
+        outputs.append(image)
     return outputs
+
+
+def naive_acquisition(image: np.ndarray, config, rng: np.random.Generator) -> np.ndarray:
+    """The acquisition families on one float image, the way a per-image pipeline does them.
+
+    Same families, order, probabilities and ranges as
+    ``augment.acquisition_tf.acquisition_batch``; OpenCV where it has the
+    operation (resize, Gaussian blur, JPEG), the NumPy oracles of
+    ``augment.acquisition`` otherwise, fresh NumPy noise for every image.
+    """
+    from augment import acquisition
+
+    def drawn(family: str) -> bool:
+        return rng.random() < getattr(config, f"{family}_probability")
+
+    image = np.clip(image, 0, 255).astype(np.float32)
+    height, width = image.shape
+    if drawn("downsample"):
+        factor = rng.uniform(config.downsample_factor_low, config.downsample_factor_high)
+        small = (acquisition.reduced_size(width, factor), acquisition.reduced_size(height, factor))
+        image = cv2.resize(cv2.resize(image, small, interpolation=cv2.INTER_AREA), (width, height),
+                           interpolation=cv2.INTER_LINEAR)
+    if drawn("blur"):
+        sigma = rng.uniform(config.blur_sigma_low, config.blur_sigma_high)
+        side = 2 * acquisition.blur_radius(sigma) + 1
+        image = cv2.GaussianBlur(image, (side, side), sigma, borderType=cv2.BORDER_REFLECT_101)
+    if drawn("sharpen"):
+        amount = rng.uniform(config.sharpen_amount_low, config.sharpen_amount_high)
+        side = 2 * acquisition.blur_radius(config.sharpen_sigma) + 1
+        blurred = cv2.GaussianBlur(image, (side, side), config.sharpen_sigma, borderType=cv2.BORDER_REFLECT_101)
+        image = np.clip(image + amount * (image - blurred), 0, 255)
+    if drawn("bias_field"):
+        strength = rng.uniform(config.bias_field_strength_low, config.bias_field_strength_high)
+        coefficients = rng.uniform(-1, 1, len(acquisition.BIAS_FIELD_TERMS))
+        image = acquisition.apply_bias_field(image, coefficients, strength)
+    if drawn("contrast"):
+        image = acquisition.adjust_contrast(image, rng.uniform(config.contrast_low, config.contrast_high))
+    if drawn("gamma"):
+        image = acquisition.adjust_gamma(image, rng.uniform(config.gamma_low, config.gamma_high))
+    if drawn("noise"):
+        sigma = rng.uniform(config.noise_sigma_low, config.noise_sigma_high)
+        image = np.clip(image + sigma * rng.standard_normal(image.shape, dtype=np.float32), 0, 255)
+    if drawn("jpeg"):
+        quality = int(rng.integers(config.jpeg_quality_low, config.jpeg_quality_high + 1))
+        levels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        encoded = cv2.imencode(".jpg", levels, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+        image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
+    return np.asarray(image, np.float32)
 
 
 def measure(step, count: int, images_per_step: int) -> dict:
@@ -169,16 +233,23 @@ def time_naive(augment, images: np.ndarray, pool: np.ndarray, config) -> dict:
 
 
 def time_tf_pipeline(images: np.ndarray, pool: np.ndarray, config, resampler: str, batch_size: int,
-                     parallel_calls: int, warmup_batches: int, timed_batches: int) -> dict:
+                     parallel_calls: int, warmup_batches: int, timed_batches: int,
+                     recipe: bool = True) -> dict:
+    """Images per second of ``Dataset.map`` over whole batches: the recipe (unless ``recipe=False``)
+    then the acquisition families, seeded as ``augment.pipeline.train_dataset`` seeds them."""
     import tensorflow as tf
 
+    from augment.acquisition_tf import acquisition_batch, acquisition_seed
     from augment.tf_ops import augment_batch
 
     pool_tensor = tf.constant(pool[..., None])
     run_seed = tf.constant(1234, tf.int64)
 
     def augment(batch_index, batch):
-        return augment_batch(batch, pool_tensor, config, tf.stack([run_seed, batch_index]), resampler=resampler)
+        step_seed = tf.stack([run_seed, batch_index])
+        if recipe:
+            batch = augment_batch(batch, pool_tensor, config, step_seed, resampler=resampler)
+        return acquisition_batch(batch, config, acquisition_seed(step_seed))
 
     dataset = (
         tf.data.Dataset.from_tensor_slices(images[..., None])
@@ -194,6 +265,36 @@ def time_tf_pipeline(images: np.ndarray, pool: np.ndarray, config, resampler: st
     return measure(lambda: next(iterator), timed_batches, batch_size)
 
 
+def time_families(images: np.ndarray, config, args) -> list[dict]:
+    """Each acquisition family alone at probability 1: in-graph and naive microseconds per image."""
+    import dataclasses
+
+    from augment.acquisition import FAMILY_ORDER
+    from augment.config import AugmentConfig
+
+    rows = []
+    naive_images = images[: min(args.naive_images, 100)].astype(np.float32)
+    for family in FAMILY_ORDER:
+        alone = dataclasses.replace(AugmentConfig.disabled(), **{
+            name: getattr(config, name) for name in config.to_dict() if name.startswith(family + "_")})
+        alone = dataclasses.replace(alone, **{f"{family}_probability": 1.0})
+        rates = time_tf_pipeline(images, images[:1], alone, "xla", args.batch_size, args.parallel_calls,
+                                 max(2, args.warmup_batches // 2), args.family_batches, recipe=False)
+        rng = np.random.default_rng(3)
+        naive_acquisition(naive_images[0], alone, rng)
+        start = time.perf_counter()
+        for image in naive_images:
+            naive_acquisition(image, alone, rng)
+        naive_us = (time.perf_counter() - start) / len(naive_images) * 1e6
+        in_graph_us = 1e6 / rates["images_per_second"]
+        rows.append({"family": family,
+                     "in_graph_us_per_image": round(in_graph_us, 1),
+                     "in_graph_cpu_us_per_image": round(1e6 / rates["images_per_cpu_second"], 1),
+                     "naive_us_per_image": round(naive_us, 1),
+                     "naive_over_in_graph": round(naive_us / in_graph_us, 2)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=600, help="training images to load")
@@ -205,44 +306,93 @@ def main() -> None:
     parser.add_argument("--timed-batches", type=int, default=40)
     parser.add_argument("--warmup-batches", type=int, default=6)
     parser.add_argument("--naive-images", type=int, default=200)
+    parser.add_argument("--acquisition-probability", type=float, default=0.3,
+                        help="probability of every acquisition family (0: the recipe alone)")
+    parser.add_argument("--repeats", type=int, default=3, help="times the whole comparison is run")
+    parser.add_argument("--no-families", action="store_true", help="skip the per-family table")
+    parser.add_argument("--family-batches", type=int, default=8, help="timed batches per family, in-graph")
     parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks" / "results" / "augment.json"))
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    from augment.acquisition import FAMILY_ORDER
     from augment.config import AugmentConfig
 
-    config = AugmentConfig()
+    config = AugmentConfig(**{f"{family}_probability": args.acquisition_probability for family in FAMILY_ORDER})
     config.validate()
     load_before = os.getloadavg()[0]
     images, pool, source = load_images(args.images, args.pool, args.size)
-    print(f"{len(images)} training images, {len(pool)} reference images ({source}), {args.size}x{args.size} uint8")
+    print(f"{len(images)} training images, {len(pool)} reference images ({source}), {args.size}x{args.size} uint8; "
+          f"acquisition families {', '.join(config.acquisition_families) or 'off'} at probability "
+          f"{args.acquisition_probability:g}")
 
-    measured = []
-    for resampler in ("xla", "projective"):
-        rates = time_tf_pipeline(images, pool, config, resampler, args.batch_size, args.parallel_calls,
-                                 args.warmup_batches, args.timed_batches)
-        measured.append((f"tf.data + augment_batch ({resampler})", rates))
-    naive_rates = [time_naive(naive_augment, images[: args.naive_images], pool, config)]
-    measured.append(("naive per-image (scipy + skimage float)", naive_rates[0]))
-    try:
-        naive_rates.append(time_naive(keras_generator_augment, images[: args.naive_images], pool, config))
-        measured.append(("naive Keras ImageDataGenerator + skimage", naive_rates[1]))
-    except ImportError as error:
-        print(f"Keras ImageDataGenerator not available ({error}); skipped")
-    # Ratios are against the faster naive pipeline.
-    naive_rate = max(rates["images_per_second"] for rates in naive_rates)
-    naive_cpu_rate = max(rates["images_per_cpu_second"] for rates in naive_rates)
+    tf_methods = [f"tf.data + augment_batch{' + acquisition_batch' if config.has_acquisition else ''} ({resampler})"
+                  for resampler in ("xla", "projective")]
+    repeats = []
+    for repeat in range(args.repeats):
+        measured = []
+        for method, resampler in zip(tf_methods, ("xla", "projective")):
+            rates = time_tf_pipeline(images, pool, config, resampler, args.batch_size, args.parallel_calls,
+                                     args.warmup_batches, args.timed_batches)
+            measured.append((method, rates))
+        naive_rates = [time_naive(naive_augment, images[: args.naive_images], pool, config)]
+        measured.append(("naive per-image (scipy + skimage float)", naive_rates[0]))
+        try:
+            naive_rates.append(time_naive(keras_generator_augment, images[: args.naive_images], pool, config))
+            measured.append(("naive Keras ImageDataGenerator + skimage", naive_rates[1]))
+        except ImportError as error:
+            print(f"Keras ImageDataGenerator not available ({error}); skipped")
+        # Ratios are against the faster naive pipeline.
+        naive_rate = max(rates["images_per_second"] for rates in naive_rates)
+        naive_cpu_rate = max(rates["images_per_cpu_second"] for rates in naive_rates)
 
-    print(f"\n{'method':<42} {'images/s':>10} {'ratio':>8} {'images/cpu-s':>13} {'cpu ratio':>10}")
-    for method, rates in measured:
-        rate, cpu_rate = rates["images_per_second"], rates["images_per_cpu_second"]
-        print(f"{method:<42} {rate:>10.1f} {rate / naive_rate:>7.1f}x "
-              f"{cpu_rate:>13.1f} {cpu_rate / naive_cpu_rate:>9.1f}x")
+        print(f"\nrepeat {repeat + 1} of {args.repeats} (load average {os.getloadavg()[0]:.2f})")
+        print(f"{'method':<62} {'images/s':>10} {'ratio':>8} {'images/cpu-s':>13} {'cpu ratio':>10}")
+        for method, rates in measured:
+            rate, cpu_rate = rates["images_per_second"], rates["images_per_cpu_second"]
+            print(f"{method:<62} {rate:>10.1f} {rate / naive_rate:>7.1f}x "
+                  f"{cpu_rate:>13.1f} {cpu_rate / naive_cpu_rate:>9.1f}x")
+        repeats.append([
+            {
+                "method": method,
+                "images_per_second": round(rates["images_per_second"], 1),
+                "images_per_cpu_second": round(rates["images_per_cpu_second"], 1),
+                "ratio_to_naive": round(rates["images_per_second"] / naive_rate, 2),
+                "cpu_second_ratio_to_naive": round(rates["images_per_cpu_second"] / naive_cpu_rate, 2),
+            }
+            for method, rates in measured
+        ])
 
-    best_rate = measured[0][1]["images_per_second"]
+    spread = {}
+    for method in tf_methods:
+        for key in ("ratio_to_naive", "cpu_second_ratio_to_naive", "images_per_second"):
+            values = [row[key] for rows in repeats for row in rows if row["method"] == method]
+            spread.setdefault(method, {})[key] = {"mean": round(float(np.mean(values)), 2),
+                                                  "min": round(float(np.min(values)), 2),
+                                                  "max": round(float(np.max(values)), 2)}
+    print(f"\nover {args.repeats} repeats: ratio to the faster naive pipeline, mean (min to max)")
+    for method, numbers in spread.items():
+        wall, cpu = numbers["ratio_to_naive"], numbers["cpu_second_ratio_to_naive"]
+        print(f"{method:<62} wall {wall['mean']:.1f}x ({wall['min']:.1f} to {wall['max']:.1f}), "
+              f"cpu {cpu['mean']:.1f}x ({cpu['min']:.1f} to {cpu['max']:.1f})")
+
+    families = [] if args.no_families else time_families(images, config, args)
+    if families:
+        print(f"\neach family alone at probability 1 ({args.size} px, batches of {args.batch_size}): "
+              "microseconds per image")
+        print(f"{'family':<12} {'in-graph wall':>14} {'in-graph cpu':>13} {'naive':>8} {'naive / in-graph wall':>22}")
+        for row in families:
+            print(f"{row['family']:<12} {row['in_graph_us_per_image']:>14.1f} "
+                  f"{row['in_graph_cpu_us_per_image']:>13.1f} {row['naive_us_per_image']:>8.1f} "
+                  f"{row['naive_over_in_graph']:>21.2f}x")
+
+    best_rate = spread[tf_methods[0]]["images_per_second"]["mean"]
+    best_ratio = spread[tf_methods[0]]["ratio_to_naive"]
     result = {
         "benchmark": "augment",
         "settings": {
@@ -256,6 +406,8 @@ def main() -> None:
             "timed_batches": args.timed_batches,
             "warmup_batches": args.warmup_batches,
             "naive_images": int(min(args.naive_images, len(images))),
+            "acquisition_probability": args.acquisition_probability,
+            "repeats": args.repeats,
             "config": config.to_dict(),
         },
         "machine": {
@@ -266,21 +418,16 @@ def main() -> None:
             "tensorflow": tf.__version__,
             "numpy": np.__version__,
         },
-        "results": [
-            {
-                "method": method,
-                "images_per_second": round(rates["images_per_second"], 1),
-                "images_per_cpu_second": round(rates["images_per_cpu_second"], 1),
-                "ratio_to_naive": round(rates["images_per_second"] / naive_rate, 2),
-                "cpu_second_ratio_to_naive": round(rates["images_per_cpu_second"] / naive_cpu_rate, 2),
-            }
-            for method, rates in measured
-        ],
+        "results": repeats[-1],
+        "repeats": repeats,
+        "spread_over_repeats": spread,
+        "families_alone": families,
         "naive_reference": "the faster naive pipeline",
         "goals": {
             "images_per_second_at_least": 1500,
             "ratio_to_naive_at_least": 20,
-            "met": bool(best_rate >= 1500 and best_rate / naive_rate >= 20),
+            "met": bool(best_rate >= 1500 and best_ratio["mean"] >= 20),
+            "met_in_every_repeat": bool(best_ratio["min"] >= 20),
         },
     }
     output = pathlib.Path(args.output)

@@ -16,18 +16,24 @@ from augment.functional import (  # noqa: E402
     affine_matrices,
     apply_affine_numpy,
     batched_matching_tables,
+    border_histograms,
+    foreground_levels,
+    foreground_mask,
     match_histograms_batch,
 )
 from augment.preview import augment_preview_montage  # noqa: E402
 from augment.tf_ops import (  # noqa: E402
     RESAMPLERS,
+    _border_histograms,
     affine_transform_matrices,
     apply_affine_tf,
     augment_batch,
+    foreground_levels_tf,
     match_histograms_tf,
     matching_tables_tf,
     sample_affine_params,
 )
+from test_augment_functional import FOREGROUND_CASES, MASKED_PAIRS, phantom  # noqa: E402
 
 SEED = tf.constant([11, 3], tf.int64)
 NOTHING = AugmentConfig.disabled()
@@ -69,12 +75,12 @@ def test_tf_matching_equals_skimage_grey(shape, levels):
     rng = np.random.default_rng(levels + shape[1])
     images = rng.integers(0, levels, shape).astype(np.uint8)
     references = rng.integers(20, 180, (shape[0], 19, 29)).astype(np.uint8)
-    output = match_histograms_tf(images[..., None], references[..., None]).numpy()[..., 0]
+    output = match_histograms_tf(images[..., None], references[..., None], region="whole").numpy()[..., 0]
     assert output.dtype == np.float32 and output.shape == shape
     for index in range(shape[0]):
         expected = match_histograms(images[index], references[index])
         assert np.abs(output[index] - expected).max() <= 1e-3
-    np.testing.assert_array_equal(np.round(output), match_histograms_batch(images, references))
+    np.testing.assert_array_equal(np.round(output), match_histograms_batch(images, references, region="whole"))
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 16, 3), (3, 25, 31, 3)])
@@ -82,11 +88,13 @@ def test_tf_matching_equals_skimage_rgb(shape):
     rng = np.random.default_rng(shape[1])
     images = rng.integers(0, 256, shape).astype(np.uint8)
     references = rng.integers(0, 90, (shape[0], 12, 14, 3)).astype(np.uint8)
-    output = match_histograms_tf(images, references).numpy()
+    output = match_histograms_tf(images, references, region="whole").numpy()
     for index in range(shape[0]):
         expected = match_histograms(images[index], references[index], channel_axis=-1)
         assert np.abs(output[index] - expected).max() <= 1.0
-    np.testing.assert_array_equal(np.round(output), match_histograms_batch(images, references))
+    np.testing.assert_array_equal(np.round(output), match_histograms_batch(images, references, region="whole"))
+    foreground = match_histograms_tf(images, references).numpy()
+    np.testing.assert_array_equal(np.round(foreground), match_histograms_batch(images, references))
 
 
 def test_tf_matching_accepts_float_images_in_grey_levels():
@@ -107,6 +115,48 @@ def test_tf_tables_equal_numpy_tables_on_sparse_histograms():
     np.testing.assert_array_equal(matching_tables_tf(source, reference).numpy(), expected)
 
 
+@pytest.mark.parametrize("case, image, expected", FOREGROUND_CASES, ids=[case[0] for case in FOREGROUND_CASES])
+def test_tf_foreground_levels_equal_the_numpy_table(case, image, expected):
+    levels = tf.constant(image[None, ..., None], tf.int32)
+    np.testing.assert_array_equal(_border_histograms(levels).numpy(), border_histograms(image[None, ..., None]))
+    lower, upper = foreground_levels_tf(border_histograms(image[None, ..., None]))
+    assert (int(lower[0]), int(upper[0])) == expected
+
+
+def test_tf_foreground_levels_equal_numpy_on_random_histograms():
+    rng = np.random.default_rng(12)
+    counts = rng.integers(0, 40, (300, 256)) * (rng.random((300, 256)) < rng.random((300, 1)) * 0.2)
+    counts[:100, 20:23] += rng.integers(0, 400, (100, 3))  # grey backgrounds
+    counts[100:200, 250:] += rng.integers(0, 400, (100, 6))  # bright bars
+    lower, upper = foreground_levels(counts)
+    lower_tf, upper_tf = foreground_levels_tf(counts)
+    np.testing.assert_array_equal(lower_tf.numpy(), lower)
+    np.testing.assert_array_equal(upper_tf.numpy(), upper)
+    assert (lower > 10).sum() > 50 and (upper < 255).sum() > 50  # both rules were exercised
+
+
+@pytest.mark.parametrize("case, source, reference", MASKED_PAIRS, ids=[pair[0] for pair in MASKED_PAIRS])
+def test_tf_foreground_matching_equals_skimage_on_the_masked_pixels(case, source, reference):
+    output = match_histograms_tf(source[None, ..., None], reference[None, ..., None]).numpy()[0, ..., 0]
+    source_mask, reference_mask = foreground_mask(source), foreground_mask(reference)
+    expected = match_histograms(source[source_mask], reference[reference_mask])
+    assert np.abs(output[source_mask] - expected).max() <= 1e-3
+    np.testing.assert_array_equal(output[~source_mask], source[~source_mask])  # the background is untouched
+    np.testing.assert_array_equal(np.round(output), match_histograms_batch(source[None], reference[None])[0])
+
+
+def test_tf_foreground_matching_of_a_batch_with_empty_foregrounds():
+    images = np.stack([phantom(70, 32), np.zeros((32, 32), np.uint8), phantom(71, 32, background=(30, 31)),
+                       phantom(72, 32)])[..., None]
+    references = np.stack([phantom(73, 24, head=(90, 250)), phantom(74, 24), phantom(75, 24, bar=(255, 256)),
+                           np.full((24, 24), 40, np.uint8)])[..., None]
+    output = np.round(match_histograms_tf(images, references).numpy())
+    np.testing.assert_array_equal(output, match_histograms_batch(images, references))
+    np.testing.assert_array_equal(output[1], images[1])  # no foreground in the image
+    np.testing.assert_array_equal(output[3], images[3])  # no foreground in the (flat grey) reference
+    assert not np.array_equal(output[0], images[0])
+
+
 @pytest.mark.realdata
 @pytest.mark.parametrize("colour", [False, True])
 def test_tf_matching_equals_skimage_on_real_images(colour):
@@ -122,10 +172,17 @@ def test_tf_matching_equals_skimage_on_real_images(colour):
         reference = cv2.imread(str(reference_path), flag)
         source = source if colour else source[..., None]
         reference = reference if colour else reference[..., None]
-        output = match_histograms_tf(source[None], reference[None]).numpy()[0]
+        output = match_histograms_tf(source[None], reference[None], region="whole").numpy()[0]
         expected = match_histograms(source, reference, channel_axis=-1)
         assert output.shape == source.shape
         assert np.abs(output - expected).max() <= 1.0
+        foreground = match_histograms_tf(source[None], reference[None]).numpy()[0]
+        for channel in range(source.shape[2]):
+            source_mask = foreground_mask(source[..., channel])
+            reference_mask = foreground_mask(reference[..., channel])
+            expected = match_histograms(source[..., channel][source_mask], reference[..., channel][reference_mask])
+            assert np.abs(foreground[..., channel][source_mask] - expected).max() <= 1e-3
+            np.testing.assert_array_equal(foreground[..., channel][~source_mask], source[..., channel][~source_mask])
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -255,18 +312,44 @@ def test_same_seed_same_output_different_seed_different(resampler):
 
 
 @pytest.mark.parametrize("resampler", RESAMPLERS)
+@pytest.mark.parametrize("region", ["foreground", "whole"])
 @pytest.mark.parametrize("blend", [1.0, 0.5])
-def test_probability_one_matches_every_image(resampler, blend):
+def test_probability_one_matches_every_image(resampler, region, blend):
     images = random_batch(16)
+    images[:3, ..., 0] = [phantom(seed, 32, background=(0, 1 + 30 * seed)) for seed in range(3)]
     reference = random_batch(17, (1, 20, 20, 1), 60, 90)
-    config = geometry_only(histogram_match_probability=1.0, histogram_match_blend=blend)
+    config = geometry_only(histogram_match_probability=1.0, histogram_match_blend=blend, histogram_match_region=region)
     output = augment_batch(images, reference, config, SEED, resampler=resampler).numpy()
-    matched = match_histograms_tf(images, np.repeat(reference, 6, axis=0)).numpy()
+    matched = match_histograms_tf(images, np.repeat(reference, 6, axis=0), region=region).numpy()
     expected = np.round(images + blend * (matched - images))
     np.testing.assert_array_equal(output, expected)
     if blend == 1.0:
         references = np.repeat(reference, 6, axis=0)
-        np.testing.assert_array_equal(output[..., 0], match_histograms_batch(images[..., 0], references[..., 0]))
+        np.testing.assert_array_equal(output[..., 0],
+                                      match_histograms_batch(images[..., 0], references[..., 0], region=region))
+
+
+@pytest.mark.parametrize("resampler", RESAMPLERS)
+def test_foreground_matching_keeps_the_background_and_whole_matching_does_not(resampler):
+    images = np.stack([phantom(seed, 32, radius=0.3) for seed in range(4)])[..., None]
+    pool = np.stack([phantom(10 + seed, 32, radius=0.5, head=(60, 200)) for seed in range(3)])[..., None]
+    background = np.stack([~foreground_mask(image[..., 0]) for image in images])[..., None]
+    outputs = {}
+    for region in ("foreground", "whole"):
+        config = geometry_only(histogram_match_probability=1.0, histogram_match_blend=1.0,
+                               histogram_match_region=region)
+        outputs[region] = augment_batch(images, pool, config, SEED, resampler=resampler).numpy()
+    np.testing.assert_array_equal(outputs["foreground"][background], images[background])
+    assert not np.array_equal(outputs["foreground"][~background], images[~background])
+    assert (outputs["whole"][background] >= 60).mean() > 0.7  # the old grey background square
+
+
+@pytest.mark.parametrize("resampler", RESAMPLERS)
+def test_reference_without_foreground_leaves_the_image_unchanged(resampler):
+    images = np.stack([phantom(seed, 32) for seed in range(5)])[..., None]
+    pool = np.zeros((1, 32, 32, 1), np.uint8)
+    config = geometry_only(histogram_match_probability=1.0, histogram_match_blend=1.0)
+    np.testing.assert_array_equal(augment_batch(images, pool, config, SEED, resampler=resampler).numpy(), images)
 
 
 @pytest.mark.parametrize("resampler", RESAMPLERS)
@@ -294,12 +377,13 @@ def test_no_matching_without_pool_or_probability(resampler, case):
     np.testing.assert_array_equal(output.numpy(), images.astype(np.float32))
 
 
-def test_matching_probability_is_respected():
+@pytest.mark.parametrize("region", ["foreground", "whole"])
+def test_matching_probability_is_respected(region):
     images = random_batch(20, (400, 8, 8, 1), 100, 200)
-    pool = np.zeros((1, 8, 8, 1), np.uint8)  # matching turns an image black
-    config = geometry_only(histogram_match_probability=0.3, histogram_match_blend=1.0)
+    pool = np.full((1, 8, 8, 1), 120, np.uint8)  # matching makes an image a flat 120 (all of it foreground)
+    config = geometry_only(histogram_match_probability=0.3, histogram_match_blend=1.0, histogram_match_region=region)
     output = augment_batch(images, pool, config, SEED).numpy()
-    matched_fraction = np.mean(output.max(axis=(1, 2, 3)) == 0)
+    matched_fraction = np.mean(np.all(output == 120, axis=(1, 2, 3)))
     assert 0.22 < matched_fraction < 0.38
 
 
@@ -312,10 +396,13 @@ def test_brightness_scales_image_but_not_fill(resampler):
     assert np.any(np.abs(output - 100.0) < 1e-4) and np.any(np.abs(output - 127.5) < 1e-4)
 
 
-def test_constant_pool_is_precomputed_inside_graphs_with_the_same_result():
+@pytest.mark.parametrize("region", ["foreground", "whole"])
+def test_constant_pool_is_precomputed_inside_graphs_with_the_same_result(region):
     images = random_batch(21, (6, 24, 24, 1))
+    images[:3, ..., 0] = [phantom(seed, 24, background=(20, 22)) for seed in range(3)]
     pool = random_batch(22, (5, 24, 24, 1), 0, 120)
-    config = AugmentConfig(histogram_match_probability=0.7)
+    pool[:3, ..., 0] = [phantom(seed, 24, bar=(250, 256)) for seed in range(3, 6)]
+    config = AugmentConfig(histogram_match_probability=0.7, histogram_match_region=region)
     captured = tf.function(lambda batch: augment_batch(batch, pool, config, SEED))
     as_argument = tf.function(lambda batch, references: augment_batch(batch, references, config, SEED))
     eager = augment_batch(images, pool, config, SEED)
@@ -401,3 +488,39 @@ def test_preview_without_pool_and_bad_input():
     assert augment_preview_montage(large, None, AugmentConfig(), seed=0, variants=0).shape[1] == 160  # not shrunk
     with pytest.raises(ValueError, match="images"):
         augment_preview_montage(images.astype(np.float32), None, AugmentConfig(), seed=0)
+
+
+def test_preview_matching_rows_name_the_region():
+    from augment.preview import _matching_region_text
+
+    source, reference = phantom(80, 32, background=(30, 31)), phantom(81, 32, bar=(255, 256))
+    assert _matching_region_text("foreground", source, reference) == (
+        "region: foreground (the head: grey levels 32-255 in the source, 11-254 in the reference), background kept")
+    assert _matching_region_text("whole", source, reference) == "region: whole image, background included"
+    images = np.stack([phantom(82, 32, radius=0.25)] * 2)
+    pool = np.stack([phantom(83, 32, radius=0.5)])
+    foreground = augment_preview_montage(images, pool, AugmentConfig(), seed=1, variants=0)
+    whole = augment_preview_montage(images, pool, AugmentConfig(histogram_match_region="whole"), seed=1, variants=0)
+    # The same tiles; the foreground rows' captions are longer (they name the grey levels).
+    assert foreground.shape[1] == whole.shape[1] == 3 * (128 + 2) - 2 and foreground.shape[0] > whole.shape[0]
+
+
+# ----------------------------------------------------------------------------- reference pool of a run
+
+
+def test_matching_pool_leaves_out_flagged_crops():
+    from types import SimpleNamespace
+
+    from training.loop import matching_pool, pool_left_out_text
+
+    images = np.arange(6, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 4), np.uint8)
+    sites = {"nav": SimpleNamespace(images=images[:4], flags=["ok", "touches_border", "ok", "blank"]),
+             "mos": SimpleNamespace(images=images[4:], flags=["no_contour", "ok"])}
+    pool, left_out = matching_pool(sites)
+    assert pool.dtype == np.uint8 and pool[:, 0, 0].tolist() == [0, 2, 5]
+    assert left_out == {"blank": 1, "no_contour": 1, "touches_border": 1}
+    assert pool_left_out_text(left_out) == "; 3 left out for their crop flag: 1 blank, 1 no_contour, 1 touches_border"
+    assert pool_left_out_text({}) == ""
+    assert matching_pool({}) == (None, {})
+    flagged, _ = matching_pool({"nav": SimpleNamespace(images=images[:2], flags=["blank", "blank"])})
+    assert flagged.shape == (0, 4, 4)

@@ -1,6 +1,7 @@
 """The grouped config: values parsed by the setting's type, flat and grouped files, the run's fingerprint."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -222,3 +223,195 @@ def test_the_resnet50_layer_names_are_those_of_keras():
     backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
     assert RESNET50_LAYERS == {layer.name for layer in backbone.layers}
     assert RESNET50_FREEZE_UNTIL in RESNET50_LAYERS and len(RESNET50_LAYERS) == 175
+
+
+# ---- recipes ----------------------------------------------------------------------------------------
+
+SEED_VALUES = {"recipe": "seed", "weights": "imagenet", "epochs": 15, "batch_size": 100, "learning_rate": 2e-4,
+               "input_normalization": "imagenet", "class_weighting": "none", "reduce_lr_patience": 2,
+               "early_stopping_patience": 5, "image_size": 224}
+SCRATCH_VALUES = {"recipe": "from-scratch", "weights": "none", "epochs": 40, "batch_size": 16, "learning_rate": 1e-3,
+                  "input_normalization": "per_image", "class_weighting": "balanced", "reduce_lr_patience": 4,
+                  "early_stopping_patience": 10, "image_size": 224}  # the recipe leaves the image size alone
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({}, SEED_VALUES),
+    ({"recipe": "seed"}, SEED_VALUES),
+    ({"recipe": "from-scratch"}, SCRATCH_VALUES),
+    ({"recipe": "from-scratch", "epochs": "12", "image_size": 128}, {**SCRATCH_VALUES, "epochs": 12, "image_size": 128}),
+    ({"recipe": "from-scratch", "trainer": {"learning_rate": "3e-4"}}, {**SCRATCH_VALUES, "learning_rate": 3e-4}),
+    ({"recipe": "seed", "weights": "none", "batch_size": 8}, {**SEED_VALUES, "weights": "none", "batch_size": 8}),
+])
+def test_a_recipe_sits_above_the_defaults_and_below_every_given_value(values, expected):
+    flat = TrainConfig.from_settings(values).flat()
+    assert {key: flat[key] for key in expected} == expected
+
+
+def test_the_recipes_set_known_settings_of_the_right_type():
+    from training.config import DEFAULT_RECIPE, RECIPES
+
+    assert DEFAULT_RECIPE == "seed" and RECIPES["seed"] == {} and list(RECIPES) == ["seed", "from-scratch"]
+    for settings in RECIPES.values():
+        for key, value in settings.items():
+            assert parse_setting(key, value) == value and type(parse_setting(key, value)) is type(value)
+        assert "image_size" not in settings
+
+
+def test_an_unknown_recipe_lists_the_recipes():
+    with pytest.raises(ValueError) as caught:
+        TrainConfig.from_settings({"recipe": "bogus"})
+    assert str(caught.value) == "unknown recipe 'bogus'; recipes: seed, from-scratch"
+    with pytest.raises(ValueError) as caught:
+        dataclasses.replace(TrainConfig.from_settings({"train_site": "a=x", "val_site": "b=y"}),
+                            recipe="bogus").validate(check_folders=False)
+    assert "recipe must be one of seed, from-scratch; got 'bogus'" in str(caught.value)
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "backbone.weights.h5"])
+def test_the_from_scratch_recipe_refuses_pretrained_weights(weights, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_hdf5(tmp_path / "backbone.weights.h5")
+    config = TrainConfig.from_settings({"train_site": "a=x", "val_site": "b=y", "recipe": "from-scratch",
+                                        "weights": weights, "input_normalization": "imagenet"})
+    with pytest.raises(ValueError) as caught:
+        config.validate(check_folders=False)
+    assert f"recipe from-scratch trains from scratch (weights none), got weights {weights!r}" in str(caught.value)
+
+
+def test_the_recipe_is_recorded_and_defines_the_run(tmp_path):
+    base = TrainConfig.from_settings({"train_site": "br35h=data/br35h", "val_site": "nav=data/nav", "recipe": "seed",
+                                      **{key: value for key, value in SCRATCH_VALUES.items() if key != "recipe"}})
+    renamed = base.replace(recipe="from-scratch")  # the same values under another recipe name
+    assert {key: value for key, value in renamed.flat().items() if key != "recipe"} == {
+        key: value for key, value in base.flat().items() if key != "recipe"}
+    assert base.defining_settings()["recipe"] == "seed" and renamed.defining_settings()["recipe"] == "from-scratch"
+    assert renamed.default_output() != base.default_output()
+    assert renamed.flat_params()["recipe"] == "from-scratch" and renamed.to_dict()["recipe"] == "from-scratch"
+    (tmp_path / "config.json").write_text(json.dumps(renamed.to_dict()))
+    assert TrainConfig.from_settings(read_config_file(str(tmp_path / "config.json"))) == renamed
+
+
+def test_resuming_with_another_recipe_is_the_settings_mismatch_error(tmp_path):
+    from training.loop import _check_same_run
+    from training.state import Schedule, StateError, TrainState
+
+    seed = TrainConfig.from_settings({"train_site": "a=x", "val_site": "b=y", "weights": "none"})
+    scratch = seed.replace(recipe="from-scratch")
+    state = TrainState(run_id="r", fingerprint=seed.defining_settings(), replicas=1, schedule=Schedule())
+    _check_same_run(state, seed.defining_settings(), tmp_path)  # same recipe: resumes
+    with pytest.raises(StateError) as caught:
+        _check_same_run(state, scratch.defining_settings(), tmp_path)
+    assert "holds a run with other settings (recipe: seed -> from-scratch)" in str(caught.value)
+
+
+@pytest.mark.parametrize("values, noted", [
+    ({"weights": "none"}, True),
+    ({"weights": "imagenet"}, False),
+    ({"recipe": "from-scratch"}, False),
+    ({"weights": "none", "backbone": "small_cnn"}, False),  # the note speaks of the ResNet50 measured
+])
+def test_the_from_scratch_note(values, noted):
+    from training.config import from_scratch_note
+
+    note = from_scratch_note(TrainConfig.from_settings(values))
+    assert bool(note) is noted
+    if noted:
+        assert "seed recipe barely learns from scratch" in note and "--recipe from-scratch" in note
+        assert "\n" not in note
+
+
+# ---- recipes through the command line: defaults < recipe < --config < demo < flags < --set ------------
+
+@pytest.fixture
+def cli_folder(tmp_path, monkeypatch):
+    """A working folder with two tiny sites (never read) and two config files."""
+    for site in ("site_a", "site_b"):
+        for label in ("yes", "no"):
+            (tmp_path / site / label).mkdir(parents=True)
+            (tmp_path / site / label / "image.png").write_bytes(b"never read")
+    (tmp_path / "epochs20.yaml").write_text("epochs: 20\n")
+    (tmp_path / "scratch20.yaml").write_text("recipe: from-scratch\nepochs: 20\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+CLI_SITES = ["--train-site", "a=site_a", "--val-site", "b=site_b"]
+
+
+def cli_config(arguments: list[str]) -> TrainConfig:
+    from train_distributed import build_train_config, train
+
+    with train.make_context("train", [*CLI_SITES, *arguments]) as ctx:
+        params = ctx.params
+        return build_train_config(ctx, params["config_file"], params["overrides"], params["demo"], params)
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    ([], SEED_VALUES),
+    (["--recipe", "seed"], SEED_VALUES),
+    (["--recipe", "from-scratch"], SCRATCH_VALUES),
+    (["--recipe", "from-scratch", "--image-size", "128"], {**SCRATCH_VALUES, "image_size": 128}),
+    (["--recipe", "from-scratch", "--epochs", "12"], {**SCRATCH_VALUES, "epochs": 12}),          # flag > recipe
+    (["--recipe", "from-scratch", "--epochs", "15"], {**SCRATCH_VALUES, "epochs": 15}),          # even the default
+    (["--recipe", "from-scratch", "--set", "learning_rate=3e-4"], {**SCRATCH_VALUES, "learning_rate": 3e-4}),
+    (["--recipe", "from-scratch", "--batch-size", "32", "--set", "batch_size=8"], {**SCRATCH_VALUES, "batch_size": 8}),
+    (["--recipe", "from-scratch", "--config", "epochs20.yaml"], {**SCRATCH_VALUES, "epochs": 20}),  # file > recipe
+    (["--config", "scratch20.yaml"], {**SCRATCH_VALUES, "epochs": 20}),                         # the file names it
+    (["--config", "scratch20.yaml", "--epochs", "5"], {**SCRATCH_VALUES, "epochs": 5}),          # flag > file
+    (["--config", "scratch20.yaml", "--recipe", "seed"], {**SEED_VALUES, "epochs": 20}),        # flag names it
+    (["--set", "recipe=from-scratch"], SCRATCH_VALUES),
+    (["--recipe", "from-scratch", "--set", "recipe=seed"], SEED_VALUES),                        # --set names it
+    (["--weights", "none"], {**SEED_VALUES, "weights": "none"}),
+])
+def test_the_command_line_layers_the_recipe(arguments, expected, cli_folder):
+    flat = cli_config(arguments).flat()
+    assert {key: flat[key] for key in expected} == expected
+
+
+def test_two_commands_differing_only_in_recipe_get_two_folders(cli_folder):
+    settings = [f"--set={key}={value}" for key, value in SCRATCH_VALUES.items() if key != "recipe"]
+    seed, scratch = cli_config(settings), cli_config(["--recipe", "from-scratch", *settings])
+    assert (seed.recipe, scratch.recipe) == ("seed", "from-scratch")
+    assert seed.runtime.output != scratch.runtime.output
+    assert seed.runtime.output.startswith("runs/a-seed0-") and scratch.runtime.output.startswith("runs/a-seed0-")
+
+
+def test_ablate_passes_the_recipe_to_every_run(cli_folder):
+    from train_distributed import check_ablation_runs
+    from training.ablation import ablation_plan
+
+    plan = ablation_plan(["recipe=from-scratch"], ["long: epochs=60"], "one-at-a-time")
+    configs = check_ablation_runs(plan, [*CLI_SITES, "--weights", "none"], [])
+    assert [(c.recipe, c.trainer.epochs, c.trainer.batch_size) for c in configs] == [
+        ("seed", 15, 100), ("from-scratch", 40, 16), ("seed", 60, 100)]
+    configs = check_ablation_runs(plan, [*CLI_SITES, "--recipe", "from-scratch", "--epochs", "12"], [0, 1])
+    assert [(c.recipe, c.trainer.epochs, c.trainer.batch_size, c.seed) for c in configs] == [
+        ("from-scratch", 12, 16, 0), ("from-scratch", 12, 16, 1), ("from-scratch", 12, 16, 0),
+        ("from-scratch", 12, 16, 1), ("from-scratch", 60, 16, 0), ("from-scratch", 60, 16, 1)]
+
+
+@pytest.mark.parametrize("arguments, noted", [
+    (["--weights", "none"], True),
+    (["--set", "weights=none"], True),
+    (["--recipe", "from-scratch"], False),
+    ([], False),
+])
+def test_train_prints_the_from_scratch_note_once_at_the_start(arguments, noted, cli_folder, monkeypatch):
+    import sys
+    import types
+
+    from click.testing import CliRunner
+
+    from train_distributed import cli
+
+    started = []
+    monkeypatch.setitem(sys.modules, "training.loop",  # no training: only what train says before it starts
+                        types.SimpleNamespace(run_training=lambda config: started.append(config) or 0))
+    result = CliRunner().invoke(cli, ["train", *CLI_SITES, *arguments])
+    assert result.exit_code == 0, result.output
+    assert len(started) == 1
+    assert result.output.count("seed recipe barely learns from scratch") == (1 if noted else 0)
+    if noted:
+        assert result.output.splitlines()[0].startswith("note: the seed recipe barely learns from scratch")
