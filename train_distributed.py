@@ -243,7 +243,7 @@ def preview_crop(site_spec, output, count, seed) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False), default="")
 def preview_augment(site_spec, reference_specs, output, image_size, count, seed, config_file, cache_dir) -> None:
     """Write a PNG of originals, augmented variants and histogram-matched examples."""
-    from datasets.cache import load_sites
+    from datasets.cache import load_sites, matching_pool, pool_left_out_text
 
     specs = site_specs([("--site", site_spec), *[("--reference-site", spec) for spec in reference_specs]])
     with usage_errors():
@@ -257,7 +257,9 @@ def preview_augment(site_spec, reference_specs, output, image_size, count, seed,
     images = list(sites.values())[0].images
     rng = np.random.default_rng(seed)
     chosen = images[np.sort(rng.choice(len(images), min(count, len(images)), replace=False))]
-    pool = np.concatenate([site.images for site in list(sites.values())[1:]]) if reference_specs else None
+    pool, left_out = matching_pool(dict(list(sites.items())[1:]))
+    if pool is not None:
+        click.echo(f"histogram-matching pool: {len(pool)} images{pool_left_out_text(left_out)}", err=True)
     write_png(output, augment_preview_montage(chosen, pool, augment_config, seed=seed, every_acquisition_family=True))
     click.echo(f"wrote {output}")
 

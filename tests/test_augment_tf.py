@@ -511,7 +511,7 @@ def test_preview_matching_rows_name_the_region():
 def test_matching_pool_leaves_out_flagged_crops():
     from types import SimpleNamespace
 
-    from training.loop import matching_pool, pool_left_out_text
+    from datasets.cache import matching_pool, pool_left_out_text
 
     images = np.arange(6, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 4), np.uint8)
     sites = {"nav": SimpleNamespace(images=images[:4], flags=["ok", "touches_border", "ok", "blank"]),

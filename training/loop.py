@@ -244,45 +244,13 @@ def prepare_data(config: TrainConfig, cluster: Cluster, stop: StopSignal, output
         reference.save(output / "train_hashes.npz", [s.key for s in train_site.samples])
     reference_names = [name for name in config.reference_site_names() if name != train_name] or \
         config.reference_site_names()
+    from datasets.cache import matching_pool, pool_left_out_text
+
     pool, left_out = matching_pool({name: sites[name] for name in reference_names})
     say(f"histogram-matching pool: {', '.join(reference_names)} ({0 if pool is None else len(pool)} images"
         f"{pool_left_out_text(left_out)})", chief=chief)
     return RunData(sites, roles, train_name, val_name, removed, digests, reference_names, pool, audit_paths,
                    reference, shortcuts, train_review)
-
-
-def matching_pool(sites: dict) -> tuple[np.ndarray | None, dict[str, int]]:
-    """Histogram-matching references of ``sites``: their crops whose crop flag is ``"ok"``.
-
-    A crop flagged ``blank`` or ``no_contour`` (the whole image, no head
-    found) or ``touches_border`` (the head reaches the image edge, so part
-    of it may be missing) is left out: its histogram is not a whole head's.
-
-    Args:
-        sites: name -> site with ``images`` (N, S, S) uint8 and ``flags`` (N crop flags).
-
-    Returns:
-        ``(pool, left_out)``: (R, S, S) uint8 crops of every site in order
-        (None without sites) and the count of crops left out per flag.
-    """
-    if not sites:
-        return None, {}
-    kept, left_out = [], {}
-    for site in sites.values():
-        usable = np.array([flag == "ok" for flag in site.flags], bool)
-        kept.append(site.images[usable])
-        for flag in site.flags:
-            if flag != "ok":
-                left_out[flag] = left_out.get(flag, 0) + 1
-    return np.concatenate(kept), dict(sorted(left_out.items()))
-
-
-def pool_left_out_text(left_out: dict[str, int]) -> str:
-    """``"; 48 left out for their crop flag: 48 touches_border"``, or "" when none was."""
-    if not left_out:
-        return ""
-    return (f"; {sum(left_out.values())} left out for their crop flag: "
-            + ", ".join(f"{count} {flag}" for flag, count in left_out.items()))
 
 
 def shortcut_summary(shortcuts: dict) -> list[str]:
