@@ -111,7 +111,9 @@ def seed_tables(entries: Sequence[dict]) -> str:
     """Markdown: per variant and site, AUC mean ± sd over seeds with each seed's value, and differences.
 
     The first table has one row per variant (entries sharing a name), cells
-    ``mean ± sd (seed values)`` for every site and subset. The second gives
+    ``mean ± sd (seed values)`` for every site and subset, then the shortcut
+    baseline's row (what file statistics alone score on the same images,
+    :func:`_baseline_rows`). The second gives
     each later variant's difference of means from the first variant and
     whether it exceeds seed variation (:func:`beyond_seed_variation`).
     """
@@ -129,6 +131,7 @@ def seed_tables(entries: Sequence[dict]) -> str:
         seeds = ", ".join(str(e.get("seed", "–")) for e in members)
         lines.append("| " + " | ".join([variant, seeds] + [_mean_sd_cell(stats[variant][(name, key)])
                                                            for name, key, _ in columns]) + " |")
+    lines += _baseline_rows(variants, columns)
     names = list(variants)
     if len(names) > 1:
         header = ["variant", "vs"] + [f"{name} ({label})" for name, _, label in columns]
@@ -145,6 +148,30 @@ def seed_tables(entries: Sequence[dict]) -> str:
                 cells.append(f"{second['mean'] - first['mean']:+.3f} ({beyond_seed_variation(first, second)})")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _shortcut_of(summary: dict, site: str, key: str | None) -> float:
+    value = (_subset(summary, site, key) or {}).get("shortcut_auc")
+    return math.nan if value is None else float(value)
+
+
+def _baseline_rows(variants: dict[str, list[dict]], columns: list[tuple[str, str | None, str]]) -> list[str]:
+    """Rows of the shortcut baseline (``shortcut_auc``: file statistics fit on the run's training set).
+
+    One row for the first variant, named ``shortcut baseline``; a later variant gets its own row only where
+    its baseline differs (another training set, e.g. another leakage policy). No rows when no run has one.
+    """
+    rows, seen = [], []
+    for variant, members in variants.items():
+        cells = [_mean_sd_cell(seed_statistics([_shortcut_of(e["summary"], name, key) for e in members]))
+                 for name, key, _ in columns]
+        if all(cell == "–" for cell in cells) or cells in seen:
+            continue
+        label = "shortcut baseline" if not seen else f"shortcut baseline ({variant})"
+        seen.append(cells)
+        seeds = ", ".join(str(e.get("seed", "–")) for e in members)
+        rows.append("| " + " | ".join([label, seeds, *cells]) + " |")
+    return rows
 
 
 def run_section(entry: dict) -> str:

@@ -110,3 +110,26 @@ def test_seed_tables_give_mean_sd_and_verdict():
     assert cells[2] == "+0.040 (no)" and cells[5] == "+0.100 (yes)" and cells[7] == "-0.060 (no)"
     document = results_markdown(entries, title="T")
     assert "## Over seeds" in document and "### base (seed 1)" in document
+
+
+def test_seed_tables_show_the_shortcut_baseline_beside_the_model():
+    def with_baseline(item, full, disjoint):
+        mos = item["summary"]["sites"]["mos"]
+        mos["shortcut_auc"], mos["disjoint"]["shortcut_auc"] = full, disjoint
+        return item
+
+    entries = [with_baseline(entry("base", 431, 0.70, 0.80, 0.80, seed=seed, mos_disjoint=0.55), 0.58, 0.62)
+               for seed in (0, 1)]
+    entries += [with_baseline(entry("dedupe", 815, 0.70, 0.80, 0.80, seed=seed, mos_disjoint=0.55), 0.90, 0.76)
+                for seed in (0, 1)]
+    entries += [with_baseline(entry("noise", 431, 0.70, 0.80, 0.80, seed=seed, mos_disjoint=0.55), 0.58, 0.62)
+                for seed in (0, 1)]
+    rows = [line for line in seed_tables(entries).splitlines() if line.startswith("| shortcut baseline")]
+    assert len(rows) == 2  # base's, and dedupe's other training set; noise shares base's
+    cells = rows[0].strip("| ").split(" | ")
+    assert cells[:2] == ["shortcut baseline", "0, 1"]
+    assert "0.580 ± 0.000 (0.580, 0.580)" in cells and "0.620 ± 0.000 (0.620, 0.620)" in cells
+    assert rows[1].startswith("| shortcut baseline (dedupe) | 0, 1 |") and "0.760 ± 0.000" in rows[1]
+    no_baseline = [entry("base", 431, 0.70, 0.80, 0.80, seed=0)]
+    assert "shortcut baseline" not in seed_tables(no_baseline)
+
