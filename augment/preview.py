@@ -116,9 +116,9 @@ def acquisition_preview_rows(images: np.ndarray, reference_pool: np.ndarray | No
 
     One row per family switched on in ``config`` (every family when
     ``every_family``, the ones that are off shown at their configured
-    range): the family alone on each original, its value spread evenly
-    over its range from the first image to the last (the high end for a
-    single image), through the training ops of :mod:`augment.acquisition_tf`.
+    range): the family alone on the first original, repeated once per
+    original with the value spread evenly over the family's range from
+    left to right (the high end for a single image), through the training ops of :mod:`augment.acquisition_tf`.
     When any family is on, one more row shows the training path of variant
     1: :func:`augment_batch` with seed ``[seed, 1]`` then ``acquisition_batch``
     seeded as the training pipeline seeds it.
@@ -139,7 +139,8 @@ def acquisition_preview_rows(images: np.ndarray, reference_pool: np.ndarray | No
     families = [family for family in _ACQUISITION_ROWS
                 if every_family or getattr(config, f"{family}_probability") > 0]
     count = len(images)
-    batch = images[..., None].astype(np.float32)
+    # One original across the family's range, so that the row shows the strength and nothing else.
+    batch = np.repeat(images[:1, ..., None], count, axis=0).astype(np.float32)
     row_seed = tf.constant([seed, 0], tf.int64)
     rows = []
     for family in families:
@@ -161,8 +162,8 @@ def acquisition_preview_rows(images: np.ndarray, reference_pool: np.ndarray | No
         changed = np.rint(operations[family]().numpy()[..., 0]).astype(np.uint8)
         probability = getattr(config, f"{family}_probability")
         state = f"probability {probability:g}" if probability > 0 else "off in this configuration"
-        caption = (f"Acquisition, {family} alone ({state}): {mimics}; {key}_low {low:g} to {key}_high {high:g}, "
-                   "left to right")
+        caption = (f"Acquisition, {family} alone ({state}): {mimics}; original 0 at {key}_low {low:g} to "
+                   f"{key}_high {high:g}, left to right")
         rows.append((caption, [_labelled_tile(image, label.format(value), side)
                                for image, value in zip(changed, values)]))
     if config.has_acquisition:
