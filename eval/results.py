@@ -163,12 +163,13 @@ def _baseline_rows(variants: dict[str, list[dict]], columns: list[tuple[str, str
     """
     rows, seen = [], []
     for variant, members in variants.items():
-        cells = [_mean_sd_cell(seed_statistics([_shortcut_of(e["summary"], name, key) for e in members]))
-                 for name, key, _ in columns]
-        if all(cell == "–" for cell in cells) or cells in seen:
+        stats = [seed_statistics([_shortcut_of(e["summary"], name, key) for e in members]) for name, key, _ in columns]
+        values = [tuple(round(value, 6) for value in sorted(set(column["values"]))) for column in stats]
+        if not any(values) or values in seen:  # no baseline, or the same one as an earlier variant's
             continue
         label = "shortcut baseline" if not seen else f"shortcut baseline ({variant})"
-        seen.append(cells)
+        seen.append(values)
+        cells = [_mean_sd_cell(column) for column in stats]
         seeds = ", ".join(str(e.get("seed", "–")) for e in members)
         rows.append("| " + " | ".join([label, seeds, *cells]) + " |")
     return rows

@@ -123,7 +123,7 @@ def test_seed_tables_show_the_shortcut_baseline_beside_the_model():
     entries += [with_baseline(entry("dedupe", 815, 0.70, 0.80, 0.80, seed=seed, mos_disjoint=0.55), 0.90, 0.76)
                 for seed in (0, 1)]
     entries += [with_baseline(entry("noise", 431, 0.70, 0.80, 0.80, seed=seed, mos_disjoint=0.55), 0.58, 0.62)
-                for seed in (0, 1)]
+                for seed in (0,)]  # fewer seeds, same baseline values: no row of its own
     rows = [line for line in seed_tables(entries).splitlines() if line.startswith("| shortcut baseline")]
     assert len(rows) == 2  # base's, and dedupe's other training set; noise shares base's
     cells = rows[0].strip("| ").split(" | ")
