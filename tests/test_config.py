@@ -233,6 +233,9 @@ SEED_VALUES = {"recipe": "seed", "weights": "imagenet", "epochs": 15, "batch_siz
 SCRATCH_VALUES = {"recipe": "from-scratch", "weights": "none", "epochs": 40, "batch_size": 16, "learning_rate": 1e-3,
                   "input_normalization": "per_image", "class_weighting": "balanced", "reduce_lr_patience": 4,
                   "early_stopping_patience": 10, "image_size": 224}  # the recipe leaves the image size alone
+SMALL_VALUES = {"recipe": "small-cnn", "weights": "none", "backbone": "small_cnn", "epochs": 30, "batch_size": 32,
+                "learning_rate": 1e-3, "input_normalization": "per_image", "class_weighting": "balanced",
+                "reduce_lr_patience": 3, "early_stopping_patience": 8, "image_size": 224}
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -251,7 +254,7 @@ def test_a_recipe_sits_above_the_defaults_and_below_every_given_value(values, ex
 def test_the_recipes_set_known_settings_of_the_right_type():
     from training.config import DEFAULT_RECIPE, RECIPES
 
-    assert DEFAULT_RECIPE == "seed" and RECIPES["seed"] == {} and list(RECIPES) == ["seed", "from-scratch"]
+    assert DEFAULT_RECIPE == "seed" and RECIPES["seed"] == {} and list(RECIPES) == ["seed", "from-scratch", "small-cnn"]
     for settings in RECIPES.values():
         for key, value in settings.items():
             assert parse_setting(key, value) == value and type(parse_setting(key, value)) is type(value)
@@ -261,11 +264,11 @@ def test_the_recipes_set_known_settings_of_the_right_type():
 def test_an_unknown_recipe_lists_the_recipes():
     with pytest.raises(ValueError) as caught:
         TrainConfig.from_settings({"recipe": "bogus"})
-    assert str(caught.value) == "unknown recipe 'bogus'; recipes: seed, from-scratch"
+    assert str(caught.value) == "unknown recipe 'bogus'; recipes: seed, from-scratch, small-cnn"
     with pytest.raises(ValueError) as caught:
         dataclasses.replace(TrainConfig.from_settings({"train_site": "a=x", "val_site": "b=y"}),
                             recipe="bogus").validate(check_folders=False)
-    assert "recipe must be one of seed, from-scratch; got 'bogus'" in str(caught.value)
+    assert "recipe must be one of seed, from-scratch, small-cnn; got 'bogus'" in str(caught.value)
 
 
 @pytest.mark.parametrize("weights", ["imagenet", "backbone.weights.h5"])
@@ -353,6 +356,7 @@ def cli_config(arguments: list[str]) -> TrainConfig:
     (["--recipe", "seed"], SEED_VALUES),
     (["--recipe", "from-scratch"], SCRATCH_VALUES),
     (["--recipe", "from-scratch", "--image-size", "128"], {**SCRATCH_VALUES, "image_size": 128}),
+    (["--recipe", "small-cnn", "--image-size", "128"], {**SMALL_VALUES, "image_size": 128}),
     (["--recipe", "from-scratch", "--epochs", "12"], {**SCRATCH_VALUES, "epochs": 12}),          # flag > recipe
     (["--recipe", "from-scratch", "--epochs", "15"], {**SCRATCH_VALUES, "epochs": 15}),          # even the default
     (["--recipe", "from-scratch", "--set", "learning_rate=3e-4"], {**SCRATCH_VALUES, "learning_rate": 3e-4}),
