@@ -220,10 +220,16 @@ def test_a_signal_while_serving_stops_the_whole_group(stand_in, tmp_path, name):
 def test_start_server_interrupted_by_ctrl_c_leaves_nothing(stand_in, tmp_path):
     """start_server on its own (no run_server): Ctrl-C during the wait propagates, the group is gone."""
     pids_file = stand_in(serve=False)
-    timer = signal_later(signal.SIGINT, 1.0)
-    with pytest.raises(KeyboardInterrupt):
-        start_server(port=find_free_port(), timeout=60, log_path=tmp_path / "server.log")
-    timer.join()
+    # Ctrl-C with its default handler, whatever the process had before: started in the background by a
+    # script, pytest inherits SIGINT ignored, and start_server rightly drops a signal that was ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        timer = signal_later(signal.SIGINT, 1.0)
+        with pytest.raises(KeyboardInterrupt):
+            start_server(port=find_free_port(), timeout=60, log_path=tmp_path / "server.log")
+        timer.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert_all_gone(stand_in_pids(pids_file))
 
 
