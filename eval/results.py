@@ -113,7 +113,8 @@ def seed_tables(entries: Sequence[dict]) -> str:
     The first table has one row per variant (entries sharing a name), cells
     ``mean ± sd (seed values)`` for every site and subset, then the shortcut
     baseline's row (what file statistics alone score on the same images,
-    :func:`_baseline_rows`). The second gives
+    :func:`_baseline_rows`) and the half-width of one run's bootstrap 95 %
+    CI (:func:`_ci_half_width_row`), to set beside the sd. The second gives
     each later variant's difference of means from the first variant and
     whether it exceeds seed variation (:func:`beyond_seed_variation`).
     """
@@ -132,6 +133,7 @@ def seed_tables(entries: Sequence[dict]) -> str:
         lines.append("| " + " | ".join([variant, seeds] + [_mean_sd_cell(stats[variant][(name, key)])
                                                            for name, key, _ in columns]) + " |")
     lines += _baseline_rows(variants, columns)
+    lines += _ci_half_width_row(entries, columns)
     names = list(variants)
     if len(names) > 1:
         header = ["variant", "vs"] + [f"{name} ({label})" for name, _, label in columns]
@@ -173,6 +175,30 @@ def _baseline_rows(variants: dict[str, list[dict]], columns: list[tuple[str, str
         seeds = ", ".join(str(e.get("seed", "–")) for e in members)
         rows.append("| " + " | ".join([label, seeds, *cells]) + " |")
     return rows
+
+
+def ci_half_width(metrics: dict | None) -> float:
+    """Half the width of a metrics dict's ``auc_ci`` (nan when missing or not finite)."""
+    low, high = ((metrics or {}).get("auc_ci") or [None, None])[:2]
+    if low is None or high is None or not (math.isfinite(float(low)) and math.isfinite(float(high))):
+        return math.nan
+    return (float(high) - float(low)) / 2
+
+
+def _ci_half_width_row(entries: Sequence[dict], columns: list[tuple[str, str | None, str]]) -> list[str]:
+    """The row ``one run's 95 % CI``: per column, mean half-width of every run's bootstrap CI and its range.
+
+    Over all runs of the table (the CI depends on the test images more than on
+    the variant); ``–`` where no run has a CI. No row when no column has one.
+    """
+    cells = []
+    for name, key, _ in columns:
+        widths = [width for width in (ci_half_width(_subset(e["summary"], name, key)) for e in entries)
+                  if not math.isnan(width)]
+        cells.append(f"± {statistics.fmean(widths):.3f} ({min(widths):.3f} to {max(widths):.3f})" if widths else "–")
+    if all(cell == "–" for cell in cells):
+        return []
+    return ["| " + " | ".join(["one run's 95 % CI (half-width: mean, range)", f"{len(entries)} runs", *cells]) + " |"]
 
 
 def run_section(entry: dict) -> str:

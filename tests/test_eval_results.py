@@ -5,8 +5,8 @@ import pytest
 
 import math
 
-from eval.results import (auc_cell, beyond_seed_variation, eval_sites, overview_table, results_markdown,
-                          run_section, seed_statistics, seed_tables)
+from eval.results import (auc_cell, beyond_seed_variation, ci_half_width, eval_sites, overview_table,
+                          results_markdown, run_section, seed_statistics, seed_tables)
 
 
 def site(role, auc, images=10, **extra):
@@ -133,3 +133,34 @@ def test_seed_tables_show_the_shortcut_baseline_beside_the_model():
     no_baseline = [entry("base", 431, 0.70, 0.80, 0.80, seed=0)]
     assert "shortcut baseline" not in seed_tables(no_baseline)
 
+
+
+@pytest.mark.parametrize("metrics, expected", [
+    ({"auc": 0.8, "auc_ci": [0.7, 0.85]}, 0.075),
+    ({"auc": 0.8, "auc_ci": [0.8, 0.8]}, 0.0),
+    ({"auc": 0.5, "auc_ci": [float("nan"), float("nan")]}, float("nan")),
+    ({"auc": 0.5}, float("nan")),
+    (None, float("nan")),
+])
+def test_ci_half_width(metrics, expected):
+    value = ci_half_width(metrics)
+    assert (math.isnan(value) and math.isnan(expected)) or value == pytest.approx(expected)
+
+
+def test_seed_tables_give_one_runs_ci_beside_the_sd():
+    entries = [entry("base", 431, 0.70, 0.80, 0.80, seed=0, mos_disjoint=0.55),
+               entry("base", 431, 0.72, 0.81, 0.81, seed=1, mos_disjoint=0.57)]
+    entries[1]["summary"]["sites"]["mos"]["auc_ci"] = [0.71, 0.86]  # half-width 0.075 -> mos full 0.075..0.075
+    entries[1]["summary"]["sites"]["nav"]["auc_ci"] = [0.62, 0.72]  # half-width 0.05; the other nav run 0.075
+    row = next(line for line in seed_tables(entries).splitlines() if line.startswith("| one run's 95 % CI"))
+    cells = row.strip("| ").split(" | ")
+    assert cells[1] == "2 runs"
+    # columns: nav full, nav leak-free, nav source-disjoint, mos full, mos leak-free, mos source-disjoint
+    assert cells[2] == "± 0.062 (0.050 to 0.075)"
+    assert cells[4] == "–"  # nav has no source-disjoint subset
+    assert cells[5] == "± 0.075 (0.075 to 0.075)"
+    no_ci = [entry("base", 431, 0.70, 0.80, 0.80, seed=0)]
+    for values in no_ci[0]["summary"]["sites"].values():
+        for metrics in (values, values.get("unique") or {}):
+            metrics.pop("auc_ci", None)
+    assert "one run's 95 % CI" not in seed_tables(no_ci)
