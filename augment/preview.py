@@ -1,6 +1,8 @@
 """A labelled montage that shows what the augmentation does to real images."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import tensorflow as tf
@@ -8,6 +10,7 @@ import tensorflow as tf
 from augment.config import AugmentConfig
 from augment.functional import match_histograms_uint8, region_levels
 from augment.tf_ops import augment_batch
+from brain_crop.preview import write_png
 
 LABEL_HEIGHT = 20
 GAP = 2
@@ -258,3 +261,15 @@ def augment_preview_montage(
                 _labelled_tile(matched, f"matched ({region})", side),
             ]))
     return _grid(rows, rows[0][1][0].shape)
+
+
+def write_augment_preview(path: str | Path, images: np.ndarray, reference_pool: np.ndarray | None,
+                          config: AugmentConfig, *, count: int, seed: int) -> None:
+    """Write the :func:`augment_preview_montage` (every acquisition family shown) of ``count`` of ``images``.
+
+    The ``count`` images (all when there are fewer) are drawn without replacement with ``seed`` and kept in
+    their order; ``reference_pool`` and ``seed`` go to the montage. The PNG goes to ``path`` (folder made).
+    """
+    rng = np.random.default_rng(seed)
+    chosen = images[np.sort(rng.choice(len(images), min(count, len(images)), replace=False))]
+    write_png(path, augment_preview_montage(chosen, reference_pool, config, seed=seed, every_acquisition_family=True))

@@ -22,7 +22,13 @@ from brain_crop.functional import (
     resize_square,
     to_grey,
 )
-from brain_crop.preview import crop_preview_legend, crop_preview_montage, crop_preview_tile
+from brain_crop.preview import (
+    crop_preview_legend,
+    crop_preview_montage,
+    crop_preview_tile,
+    write_crop_preview,
+    write_png,
+)
 
 __all__ = [
     "CROP_VERSION",
@@ -49,4 +55,6 @@ __all__ = [
     "remove_edge_artefacts",
     "resize_square",
     "to_grey",
+    "write_crop_preview",
+    "write_png",
 ]

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from brain_crop.functional import FLAG_BLANK, FLAG_NO_CONTOUR, FLAG_OK, FLAG_TOUCHES_BORDER, CropBox
+from brain_crop.functional import FLAG_BLANK, FLAG_NO_CONTOUR, FLAG_OK, FLAG_TOUCHES_BORDER, CropBox, find_brain_box
 
 #: RGB box colours: green when the crop was found normally, orange otherwise.
 COLOUR_OK = (0, 200, 0)
@@ -166,3 +167,17 @@ def crop_preview_montage(
             crop_preview_tile(image, box, title, tile)
         )
     return stack_with_legend(montage, crop_preview_legend()) if legend else montage
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write the (H, W, 3) RGB uint8 image ``rgb`` as a PNG at ``path``, making its folder if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def write_crop_preview(path: str | Path, images: Sequence[np.ndarray], titles: Sequence[str]) -> None:
+    """Write the :func:`crop_preview_montage` of ``images``, each with its :func:`find_brain_box` box, to ``path``.
+
+    Raises ValueError when no images are given.
+    """
+    write_png(path, crop_preview_montage(images, [find_brain_box(image) for image in images], titles))

@@ -553,3 +553,34 @@ def leaked_flags(hashes: np.ndarray, train_hashes: np.ndarray, threshold_bits: i
         rows, _, _ = near_duplicate_pairs(hashes, train_hashes, threshold=threshold_bits)
         flags[rows] = True
     return flags
+
+
+def audit_report(sites: Mapping[str, Any], train_site: str, output: Path, *, threshold_bits: int | None = None,
+                 seed: int = 0, say: Callable[[str], None] | None = None) -> tuple[str, list[Path]]:
+    """The leakage, shortcut and data-quality audits of loaded sites, written into ``output``.
+
+    ``sites``: ``datasets.cache.CachedSite`` by name; the shortcut baseline is fit on ``sites[train_site]``.
+    ``threshold_bits``: Hamming distance of near-duplicates (None: :data:`DEFAULT_THRESHOLD_BITS`); ``seed``:
+    of the bootstraps and the classifiers; ``say``: progress lines. Returns the three tables as one text
+    (leakage, shortcuts, quality, each with its heading) and the paths of the files written.
+    """
+    from datasets.cache import image_lookup
+    from datasets.quality import cross_validated_review, format_quality_table, write_quality_outputs
+    from datasets.shortcuts import format_shortcut_table
+
+    say = say or (lambda line: None)
+    bits = DEFAULT_THRESHOLD_BITS if threshold_bits is None else threshold_bits
+    result = audit_sites(sites, bits)
+    say("shortcut audit...")
+    shortcuts = audit_shortcuts(sites, train_site, seed=seed, threshold_bits=bits)
+    say("data-quality review...")
+    quality = {name: cross_validated_review(site, seed=seed, threshold_bits=bits) for name, site in sites.items()}
+    paths = write_audit_outputs(result, sites, output, {"shortcuts": shortcuts, "quality": quality})
+    paths += write_quality_outputs(quality, image_lookup(sites), output)
+    text = "\n".join([
+        format_audit_table(result), "",
+        "Shortcut audit: AUC of non-anatomical image statistics alone for tumour vs no tumour",
+        format_shortcut_table(shortcuts), "",
+        "Data-quality review: probably not MRI (CT-like skull ring) and candidate label errors (cleanlab)",
+        format_quality_table(quality)])
+    return text, paths

@@ -15,9 +15,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from datasets.records import IMAGE_EXTENSIONS, NO_TUMOUR, TUMOUR, BadFile, check_site_name
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Class folder names (normalised: lower case, spaces and '-' as '_') -> (label, subclass).
 CLASS_FOLDERS: dict[str, tuple[int, str]] = {
@@ -290,3 +293,36 @@ def check_site_folder(name: str, path: str) -> None:
         open_site(name, folder).list_files()
     except OSError as error:
         raise ValueError(f"site {name!r}: folder {path!r} cannot be listed: {error.strerror or error}") from None
+
+
+def sample_site_files(name: str, path: str, count: int, seed: int = 0) -> list[Candidate]:
+    """Up to ``count`` files of site ``name`` in folder ``path``, drawn without replacement with ``seed``.
+
+    They come in the order the site lists them. Raises ValueError for a folder that is not a valid site.
+    """
+    import numpy as np
+
+    candidates, _ = open_site(name, path).list_files()
+    rng = np.random.default_rng(seed)
+    return [candidates[i] for i in sorted(rng.choice(len(candidates), min(count, len(candidates)), replace=False))]
+
+
+def read_sampled_images(candidates: list[Candidate], report: Callable[[str], None] | None = None
+                        ) -> tuple[list[np.ndarray], list[str]]:
+    """The images of ``candidates`` ((H, W) uint8 greyscale) and their titles: the last 28 characters of each path.
+
+    A file that is not a usable image is left out, with ``skipped PATH: REASON`` passed to ``report``.
+    """
+    from datasets.validation import ImageRejected, read_image_file
+
+    images, titles = [], []
+    for candidate in candidates:
+        try:
+            image = read_image_file(candidate.path)
+        except ImageRejected as error:
+            if report is not None:
+                report(f"skipped {candidate.relative_path}: {error.reason}")
+            continue
+        images.append(image)
+        titles.append(candidate.relative_path[-28:])
+    return images, titles

@@ -324,6 +324,17 @@ def format_markdown_table(rows: list[dict], value: str = "auc") -> str:
     return "\n".join(lines)
 
 
+def comparison_text(rows: list[dict], groups: Sequence[dict]) -> str:
+    """The console text of ``compare``: per subset the runs-by-sites table, then each subset's mean ± sd over seeds.
+
+    ``rows``: :func:`comparison_table`; ``groups``: :func:`seed_groups`.
+    """
+    blocks = [f"{title}:\n{format_markdown_table(rows, value)}\n" for value, title in SUBSET_VALUES]
+    blocks += [f"{title}, mean ± sd over seeds:\n{format_seed_table(groups, value)}\n"
+               for value, title in SUBSET_VALUES]
+    return "\n".join(blocks)
+
+
 SEED_COLUMNS = ("recipe", "n", "seeds", "role", "site", "value", "mean", "sd", "values")
 
 

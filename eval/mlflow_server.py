@@ -626,3 +626,27 @@ def run_server(on_ready: Callable[[MlflowServer], None], poll_seconds: float = 0
                     stop_server(process)
     except StopRequested as stop:  # a second signal while the server was being stopped
         return stop.signum
+
+
+def ready_lines(server: MlflowServer) -> list[tuple[str, bool]]:
+    """What to tell the user once ``server`` answers: its address, how to sign in, how to log training to it.
+
+    Each line comes with whether it is a note for stderr (True) rather than output for stdout (False).
+    """
+    lines = [(f"MLflow UI: {server.url}", False)]
+    if server.auth is None:
+        lines += [(f"log training to it with: --tracking-uri {server.url}", False),
+                  ("no authentication: every user of this machine can read, change and delete these runs "
+                   "(--auth asks for a password)", True)]
+    else:
+        user = server.auth.admin_username
+        if server.auth.password_file is not None:
+            password, where = f'"$(cat {server.auth.password_file})"', f"in {server.auth.password_file}"
+        elif "MLFLOW_AUTH_ADMIN_PASSWORD" in server.auth.environment:
+            password, where = '"$MLFLOW_AUTH_ADMIN_PASSWORD"', "$MLFLOW_AUTH_ADMIN_PASSWORD"
+        else:
+            password, where = "...", f"the one {server.auth.database_path} was made with"
+        lines += [(f"sign in as {user!r}, password {where}", False),
+                  (f"log training to it with: MLFLOW_TRACKING_USERNAME={user} MLFLOW_TRACKING_PASSWORD="
+                   f"{password} python train_distributed.py train ... --tracking-uri {server.url}", False)]
+    return lines + [(f"server log: {server.log_path}; Ctrl-C stops the server", True)]

@@ -673,3 +673,61 @@ def check_tracking_environment(uri: str) -> None:
     """With no ``--tracking-uri``, ``$MLFLOW_TRACKING_URI`` (the store used then) must be an MLflow store URI."""
     if not uri and os.environ.get("MLFLOW_TRACKING_URI"):
         check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI")
+
+
+def demo_settings(folder: Path) -> dict[str, Any]:
+    """Settings of ``train --demo``: three synthetic sites (written into ``folder``), small and fast."""
+    return {
+        "train_site": f"synth_a={folder / 'synth_a'}", "val_site": f"synth_b={folder / 'synth_b'}",
+        "test_sites": [f"synth_c={folder / 'synth_c'}"],
+        "image_size": 48, "epochs": 15, "batch_size": 32, "weights": "none", "learning_rate": 1e-3,
+        "bootstrap_resamples": 500, "experiment": "brainmri-demo",
+    }
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``--set KEY=VALUE`` -> ``(key, value text)``; the value is parsed later by the setting's type.
+
+    Raises ValueError when there is no ``=`` or no key.
+    """
+    key, separator, raw = text.partition("=")
+    if not separator or not key.strip():
+        raise ValueError(f"--set {text!r} must be KEY=VALUE")
+    return key.strip(), raw.strip()
+
+
+def layered_config(config_file: str | None, flags: Mapping[str, Any], overrides: Sequence[str], *,
+                   demo_folder: Path | None = None, write_demo: bool = True) -> TrainConfig:
+    """Defaults < recipe < config file < demo settings < ``flags`` < ``overrides``; all checked before any work.
+
+    ``flags``: settings given on the command line, by flat key; ``overrides``: ``KEY=VALUE`` texts (``--set``).
+    ``demo_folder``: where the demo's sites go (:func:`demo_settings`), None without ``--demo``. The recipe
+    is the one named by the highest of these layers that names one; its values sit just above the defaults.
+
+    Checked first: every setting, the site folders (their class folders listed, no image read; the
+    demo's own sites excepted), the tracking URI or ``$MLFLOW_TRACKING_URI`` and a weights file's
+    header. Only then are the demo's sites written (unless ``write_demo`` is False). Raises ValueError
+    (or TypeError for a setting of the wrong type).
+    """
+    from datasets.sites import check_site_folder
+
+    demo = demo_folder is not None
+    values: dict[str, Any] = flatten_settings(read_config_file(config_file)) if config_file else {}
+    if demo:
+        values.update(demo_settings(demo_folder))
+    values.update(flags)
+    values.update(flatten_settings(dict(parse_override(text) for text in overrides)))
+    config = TrainConfig.from_settings(values).validate(check_folders=not demo)
+    demo_paths = {str(demo_folder / name) for name in ("synth_a", "synth_b", "synth_c")} if demo else set()
+    for _, name, path in config.sites():
+        if path not in demo_paths:
+            check_site_folder(name, path)
+    check_tracking_environment(config.tracking.tracking_uri)
+    if demo and write_demo:
+        from datasets.synthetic import write_demo_sites
+
+        write_demo_sites(demo_folder, images_per_class=150, size=96)
+        config.validate()
+    if not config.runtime.output:
+        config = config.replace(output=config.default_output())
+    return config

@@ -303,6 +303,16 @@ class Predictions:
         """(N,) int: 1 tumour (probability >= threshold), 0 no tumour."""
         return (self.probabilities >= self.threshold).astype(np.int64)
 
+    def summary(self) -> str:
+        """One line: how many images were scored at which threshold, the decisions, the skipped files by reason."""
+        from datasets.validation import summarize_bad_files
+
+        skipped = summarize_bad_files(self.skipped)
+        tumour = int(self.decisions.sum())
+        return (f"scored {len(self.paths)} images at threshold {self.threshold:.4f}: {tumour} tumour, "
+                f"{len(self.paths) - tumour} no tumour; skipped {len(self.skipped)}"
+                + (f" ({', '.join(f'{k} {v}' for k, v in skipped.items())})" if skipped else ""))
+
 
 def predict_images(source: ModelSource, inputs: Sequence[str], threshold: float | None = None, *,
                    batch_size: int = 32, report: Callable[[str], None] | None = None) -> Predictions:
