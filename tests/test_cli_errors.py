@@ -119,6 +119,11 @@ BAD_INVOCATIONS = [
     (["train", *SITES, "--tracking-uri", "afile.txt"], "'afile.txt' is a file, not a folder (an MLflow file store"),
     (["train", *SITES, "--tracking-uri", "file:afile.txt"], "is a file, not a folder"),
     ({"MLFLOW_TRACKING_URI": "bogus://x"}, ["train", *SITES], "$MLFLOW_TRACKING_URI 'bogus://x': unknown scheme"),
+    # a folder store, which MLflow 3 refuses without MLFLOW_ALLOW_FILE_STORE (caught before the audit)
+    ({"MLFLOW_ALLOW_FILE_STORE": "false"}, ["train", *SITES, "--tracking-uri", "./mlruns"],
+     "which this MLflow refuses unless MLFLOW_ALLOW_FILE_STORE=true is set"),
+    ({"MLFLOW_ALLOW_FILE_STORE": "false", "MLFLOW_TRACKING_URI": "mlruns"}, ["compare"],
+     "which this MLflow refuses unless MLFLOW_ALLOW_FILE_STORE=true is set"),
     # ---- train: --set and config files
     (["train", "--demo", "--set", "no_such_key=1"], "unknown config keys ['no_such_key']"),
     (["train", *SITES, "--set", "no_such_key=1"], "unknown config keys ['no_such_key']"),
@@ -195,7 +200,8 @@ BAD_INVOCATIONS = [
     (["compare", "--tracking-uri", "{store}"], "experiment 'brainmri' does not exist"),
     (["compare", "--tracking-uri", "{store}", "--experiment", "nosuchexp"], "experiments there: 'Default', 'other'"),
     (["compare", "--tracking-uri", "sqlite:///absent.db"], "no MLflow store at absent.db"),
-    (["compare", "--tracking-uri", "missing_store"], "no MLflow store at missing_store"),
+    ({"MLFLOW_ALLOW_FILE_STORE": "true"}, ["compare", "--tracking-uri", "missing_store"],
+     "no MLflow store at missing_store"),
     (["compare", "--tracking-uri", "bogus://x"], "unknown scheme 'bogus'"),
     (["compare", "--tracking-uri", "{store}", "--output", "afile.txt"], "'afile.txt' is a file"),
     ({"MLFLOW_TRACKING_URI": "bogus://x"}, ["compare"], "$MLFLOW_TRACKING_URI 'bogus://x'"),

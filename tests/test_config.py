@@ -121,8 +121,27 @@ def test_tracking_uris_mlflow_opens_are_accepted(uri, tmp_path, monkeypatch):
     from training.config import check_tracking_uri
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # folder stores: MLflow opens them only with it
     assert check_tracking_uri(uri) == uri
     assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+@pytest.mark.parametrize("uri", ["./mlruns", "mlruns", "file:./mlruns", "file:///tmp/mlruns"])
+def test_folder_stores_this_mlflow_refuses_are_usage_errors_up_front(uri, tmp_path, monkeypatch):
+    from mlflow import environment_variables
+
+    from training.config import check_tracking_uri, file_store_refused
+
+    if not hasattr(environment_variables, "MLFLOW_ALLOW_FILE_STORE"):
+        pytest.skip("this MLflow opens folder stores without MLFLOW_ALLOW_FILE_STORE")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(ValueError, match="folder \\(file\\) store, which this MLflow refuses unless "
+                                         "MLFLOW_ALLOW_FILE_STORE=true is set: use a database such as sqlite"):
+        check_tracking_uri(uri)
+    assert file_store_refused({"MLFLOW_ALLOW_FILE_STORE": "false"})
+    assert not file_store_refused({"MLFLOW_ALLOW_FILE_STORE": "TRUE"})
+    assert not file_store_refused({"MLFLOW_ALLOW_FILE_STORE": "1"})
 
 
 @pytest.mark.parametrize("uri, message", [

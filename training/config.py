@@ -580,6 +580,11 @@ def check_tracking_uri(uri: str, what: str = "tracking_uri", schemes: Sequence[s
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{what} {uri!r}: {str(folder)!r} is a file, not a folder (an MLflow file store is "
                              "a folder; a SQLite store is given as sqlite:///FILE.db)")
+        if file_store_refused():
+            raise ValueError(f"{what} {uri!r} is a folder (file) store, which this MLflow refuses unless "
+                             "MLFLOW_ALLOW_FILE_STORE=true is set: use a database such as sqlite:///mlflow.db "
+                             "(`mlflow migrate-filestore` copies an existing folder store into one), or set "
+                             "MLFLOW_ALLOW_FILE_STORE=true")
     elif scheme == "sqlite":
         _, separator, rest = uri.partition(":///")
         database = rest.partition("?")[0]
@@ -602,6 +607,16 @@ def check_tracking_uri(uri: str, what: str = "tracking_uri", schemes: Sequence[s
     elif scheme in ("postgresql", "mysql", "mssql") and not parsed.netloc:
         raise ValueError(f"{what} {uri!r} needs a server, e.g. {scheme}://USER@HOST/DATABASE")
     return uri
+
+
+def file_store_refused(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the installed MLflow refuses folder (file) stores: MLflow releases that define
+    ``MLFLOW_ALLOW_FILE_STORE`` raise when one is opened, unless that variable is true."""
+    from mlflow import environment_variables
+
+    if not hasattr(environment_variables, "MLFLOW_ALLOW_FILE_STORE"):
+        return False
+    return environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() not in ("true", "1")
 
 
 def check_keras_file(path: str, what: str, member: str) -> None:
