@@ -18,7 +18,9 @@ tumour images against each reviewed group of those no-tumour images:
 The groups are fixed by the review, never by a model's scores. Runs are
 grouped into variants by their folder name (``07-intensity-seed0`` ->
 ``intensity``); each run gets AUC [stratified bootstrap 95 % CI], each
-variant mean ± sd over its seeds. Prints the table and writes JSON.
+variant mean ± sd over its seeds, beside the shortcut baseline (each run's
+``shortcut_score``: file statistics fit on its training set) on the same
+images. Prints the table and writes JSON.
 
 Usage:
     python benchmarks/reviewed_subsets.py --review benchmarks/reviews/mos_testing_source_disjoint_no_tumour.csv \\
@@ -78,8 +80,11 @@ def variant_of(predictions: pathlib.Path) -> tuple[str, str]:
     return (match.group(1), match.group(2) or "") if match else (name, "")
 
 
-def reviewed_aucs(predictions: pathlib.Path, review: dict[str, dict], site: str) -> dict:
+def reviewed_aucs(predictions: pathlib.Path, review: dict[str, dict], site: str, score_column: str = "score") -> dict:
     """AUC and CI of ``site``'s source-disjoint tumour images against each reviewed group of no-tumour images.
+
+    ``score_column``: ``score`` (the model) or ``shortcut_score`` (the shortcut baseline: file statistics
+    fit on the run's training set).
 
     Raises ValueError when the run's source-disjoint no-tumour images are not
     exactly the reviewed ones (another training site, threshold or data).
@@ -87,8 +92,8 @@ def reviewed_aucs(predictions: pathlib.Path, review: dict[str, dict], site: str)
     with open(predictions, newline="") as handle:
         rows = [row for row in csv.DictReader(handle)
                 if row["site"] == site and row["near_train_site"].lower() in ("false", "0")]
-    negatives = {row["relative_path"]: float(row["score"]) for row in rows if int(row["label"]) == 0}
-    positives = [float(row["score"]) for row in rows if int(row["label"]) == 1]
+    negatives = {row["relative_path"]: float(row[score_column]) for row in rows if int(row["label"]) == 0}
+    positives = [float(row[score_column]) for row in rows if int(row["label"]) == 1]
     if set(negatives) != set(review):
         unreviewed, absent = sorted(set(negatives) - set(review)), sorted(set(review) - set(negatives))
         raise ValueError(f"{predictions}: its source-disjoint no-tumour images of {site} are not the reviewed ones "
@@ -111,17 +116,28 @@ def mean_sd(values: list[float]) -> str:
             f"({', '.join(f'{value:.3f}' for value in values)})")
 
 
-def variant_table(runs: list[dict]) -> str:
-    """Markdown: one row per variant, a column per group, mean ± sd over its runs (each run's value)."""
+def variant_table(runs: list[dict], baselines: list[dict] | None = None) -> str:
+    """Markdown: one row per variant, a column per group, mean ± sd over its runs (each run's value).
+
+    ``baselines``: the same runs scored by their shortcut baseline; one more row, ``shortcut baseline``,
+    over all of them (the same value for every run with the same training set).
+    """
     variants: dict[str, list[dict]] = {}
     for run in runs:
         variants.setdefault(run["variant"], []).append(run)
+    if baselines:
+        variants["shortcut baseline"] = baselines
     first = runs[0]["groups"]
     header = ["variant", "seeds"] + [f"{group} ({first[group]['negatives']} no tumour)" for group, _ in GROUPS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant, members in variants.items():
         cells = [variant, ", ".join(run["seed"] or "–" for run in members)]
-        cells += [mean_sd([run["groups"][group]["auc"] for run in members]) for group, _ in GROUPS]
+        for group, _ in GROUPS:
+            values = [run["groups"][group]["auc"] for run in members]
+            same = len({round(value, 9) for value in values}) == 1 and len(values) > 1
+            cells.append(f"{values[0]:.3f} (every run)" if same else mean_sd(values))
+        if variant == "shortcut baseline":
+            cells[1] = "–"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -136,21 +152,25 @@ def main() -> None:
     args = parser.parse_args()
     try:
         review = read_review(args.review)
-        runs = []
+        runs, baselines = [], []
         for path in args.predictions:
             result = reviewed_aucs(path, review, args.site)
             result["variant"], result["seed"] = variant_of(path)
             runs.append(result)
+            baseline = reviewed_aucs(path, review, args.site, "shortcut_score")
+            baseline["variant"], baseline["seed"] = "shortcut baseline", result["seed"]
+            baselines.append(baseline)
     except (OSError, ValueError, KeyError) as error:
         parser.error(str(error))
     print(f"{args.site}: {runs[0]['positives']} source-disjoint tumour images against reviewed groups of its "
           f"{len(review)} source-disjoint no-tumour images; AUC mean ± sd over seeds\n")
-    table = variant_table(runs)
+    table = variant_table(runs, baselines)
     print(table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"benchmark": "reviewed_subsets", "site": args.site,
                                        "review": args.review.name, "groups": [group for group, _ in GROUPS],
-                                       "runs": runs, "table": table}, indent=2) + "\n")
+                                       "runs": runs, "shortcut_baseline": baselines, "table": table},
+                                      indent=2) + "\n")
     print(f"\nwrote {args.output}")
 
 

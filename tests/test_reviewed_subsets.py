@@ -100,3 +100,16 @@ def test_variant_table_gives_mean_sd_over_seeds(files, tmp_path):
     # all: 5/9 then 6/9 (c below every positive)
     assert cells[2] == f"0.611 ± {math.sqrt(((5 / 9 - 11 / 18) ** 2 + (6 / 9 - 11 / 18) ** 2)):.3f} (0.556, 0.667)"
     assert cells[6] == "0.833 ± 0.236 (0.667, 1.000)"
+
+
+def test_the_shortcut_baseline_is_scored_on_the_same_groups(files):
+    predictions, review = files
+    baseline = reviewed_subsets.reviewed_aucs(predictions, reviewed_subsets.read_review(review), "mos",
+                                              "shortcut_score")
+    assert baseline["groups"]["all"]["auc"] == 0.5  # every shortcut_score is 0.5: all ties
+    run = reviewed_subsets.reviewed_aucs(predictions, reviewed_subsets.read_review(review), "mos")
+    run["variant"], run["seed"] = "intensity", "0"
+    baseline["variant"], baseline["seed"] = "shortcut baseline", "0"
+    table = reviewed_subsets.variant_table([run, dict(run, seed="1")], [baseline, dict(baseline, seed="1")])
+    last = table.splitlines()[-1].strip("| ").split(" | ")
+    assert last[:3] == ["shortcut baseline", "–", "0.500 (every run)"]
