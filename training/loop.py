@@ -79,6 +79,8 @@ def _run(config: TrainConfig, stop: StopSignal) -> int:
     output = Path(config.runtime.output)
     cluster = choose_strategy(config.runtime.gpus, config.runtime.cpu_replicas)
     chief = cluster.is_chief
+    if cluster.threads_note:
+        say(cluster.threads_note, chief=chief)
     store = CheckpointStore(output, chief=chief, worker_index=cluster.worker_index)
     state = store.read_state()
     settings = config.defining_settings()
