@@ -99,7 +99,7 @@ def reviewed_aucs(predictions: pathlib.Path, review: dict[str, dict], site: str,
         raise ValueError(f"{predictions}: its source-disjoint no-tumour images of {site} are not the reviewed ones "
                          f"({len(unreviewed)} not reviewed, e.g. {unreviewed[:3]}; {len(absent)} reviewed but absent, "
                          f"e.g. {absent[:3]})")
-    result = {"predictions": str(predictions), "positives": len(positives), "groups": {}}
+    result = {"run": predictions.parent.name, "positives": len(positives), "groups": {}}
     for group, rule in GROUPS:
         scores = [negatives[path] for path, row in review.items() if rule(row)]
         labels = np.r_[np.ones(len(positives), int), np.zeros(len(scores), int)]
