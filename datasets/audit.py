@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from brain_crop import resize_square
+from brain_crop.preview import write_png
 
 from datasets.phash import DEFAULT_THRESHOLD_BITS, HASH_DESCRIPTION, duplicate_groups, near_duplicate_pairs
 from datasets.records import Sample, check_site_name
@@ -537,7 +538,7 @@ def write_audit_outputs(result: AuditResult, sites: Mapping[str, Any], output: P
     from datasets.cache import image_lookup
 
     montage = audit_pairs_montage(result, image_lookup(sites))
-    cv2.imwrite(str(paths[1]), cv2.cvtColor(montage, cv2.COLOR_RGB2BGR))
+    write_png(paths[1], montage)
     bad = {name: [dataclasses.asdict(b) for b in site.bad_files] for name, site in sites.items()}
     paths[2].write_text(json.dumps(bad, indent=1))
     return paths

@@ -127,20 +127,20 @@ def pin_inter_op_threads(environ: Mapping[str, str] = os.environ) -> str:
     is set, or once TensorFlow has started (then the note says so).
 
     Returns:
-        A line for the console: what was set, or why nothing was ("" with GPUs or the variable set).
+        A warning for the console when the threads could not be pinned; "" otherwise.
     """
     import tensorflow as tf
 
     if environ.get(INTER_OP_VARIABLE, "").strip() or visible_gpu_count() > 0:
         return ""
     if tf.config.threading.get_inter_op_parallelism_threads() == 1:
-        return "CPU: one op at a time (inter-op threads 1), so a seed repeats bit for bit"
+        return ""
     try:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         return ("note: TensorFlow started before the inter-op threads could be set to 1; on a busy CPU "
                 "the same seed may not repeat bit for bit")
-    return "CPU: one op at a time (inter-op threads 1), so a seed repeats bit for bit"
+    return ""
 
 
 def choose_strategy(gpus: int = -1, cpu_replicas: int = 1) -> Cluster:
@@ -150,8 +150,7 @@ def choose_strategy(gpus: int = -1, cpu_replicas: int = 1) -> Cluster:
     """
     import tensorflow as tf
 
-    note = pin_inter_op_threads()
-    threads_note = note if note.startswith("note:") else ""
+    threads_note = pin_inter_op_threads()
 
     in_slurm_step = "SLURM_STEP_ID" in os.environ and "SLURM_PROCID" in os.environ
     if "TF_CONFIG" in os.environ or (in_slurm_step and slurm_task_count() > 1):

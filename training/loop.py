@@ -403,14 +403,14 @@ def log_setup(config: TrainConfig, cluster: Cluster, tracker: Tracker, data: Run
     tracker.log_params({"reference_pool_sites": ",".join(data.reference_names),
                         "reference_pool_images": 0 if data.pool is None else len(data.pool)})
     if cluster.is_chief:
-        import cv2
+        from brain_crop.preview import write_png
 
         train_images = data.sites[data.train_name].images
         rng = np.random.default_rng(config.seed)
         chosen = train_images[rng.choice(len(train_images), min(4, len(train_images)), replace=False)]
         preview = augment_preview_montage(chosen, data.pool if data.pool is not None else train_images,
                                           config.augment, seed=config.seed)
-        cv2.imwrite(str(output / "augment_preview.png"), cv2.cvtColor(preview, cv2.COLOR_RGB2BGR))
+        write_png(output / "augment_preview.png", preview)
         tracker.log_artifact(output / "augment_preview.png")
 
 
